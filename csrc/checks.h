@@ -1,0 +1,101 @@
+// Argument validation shared by every backend's kernels. Messages name the
+// argument and what was expected; value errors raise ValueError, dtype errors
+// TypeError.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <optional>
+
+namespace wgsef {
+
+// How x splits into groups, after validation.
+struct GroupArgs {
+  int64_t num_groups = 0;
+  int64_t outer = 1, inner = 1;  // strided layout: x viewed as (outer, num_groups, inner)
+  at::Tensor group_ids;          // int64, contiguous; undefined for the strided layout
+  at::Tensor weights;            // float64, contiguous, on x's device; undefined = all 1
+};
+
+inline void check_floating_x(const char* op, const at::Tensor& x) {
+  const auto t = x.scalar_type();
+  TORCH_CHECK_TYPE(t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16,
+                   "wgsef.", op, ": x must be a float16, bfloat16, float32 or float64 tensor, got ",
+                   t);
+}
+
+inline GroupArgs check_group_args(const char* op, const at::Tensor& x,
+                                  const std::optional<at::Tensor>& group_ids,
+                                  int64_t num_groups) {
+  check_floating_x(op, x);
+  GroupArgs g;
+  if (group_ids.has_value()) {
+    const at::Tensor& ids = *group_ids;
+    TORCH_CHECK_TYPE(ids.scalar_type() == at::kLong, "wgsef.", op,
+                     ": group_ids must be an int64 tensor, got ", ids.scalar_type());
+    TORCH_CHECK_VALUE(ids.sizes() == x.sizes(), "wgsef.", op,
+                      ": group_ids must have x's shape ", x.sizes(), ", got ", ids.sizes());
+    TORCH_CHECK_VALUE(ids.device() == x.device(), "wgsef.", op,
+                      ": group_ids must be on x's device ", x.device(), ", got ", ids.device());
+    TORCH_CHECK_VALUE(num_groups >= 0, "wgsef.", op,
+                      ": num_groups must be >= 0 when group_ids is given, got ", num_groups);
+    g.group_ids = ids.contiguous();
+    g.num_groups = num_groups;
+  } else {
+    TORCH_CHECK_VALUE(x.dim() == 3, "wgsef.", op,
+                      ": without group_ids, x must be a 3-D view (outer, groups, inner), got ",
+                      x.dim(), " dims");
+    TORCH_CHECK_VALUE(num_groups == -1 || num_groups == x.size(1), "wgsef.", op,
+                      ": num_groups must be -1 or x.size(1) = ", x.size(1),
+                      " without group_ids, got ", num_groups);
+    g.outer = x.size(0);
+    g.num_groups = x.size(1);
+    g.inner = x.size(2);
+  }
+  return g;
+}
+
+inline void check_k(const char* op, int64_t k) {
+  TORCH_CHECK_VALUE(k >= 0, "wgsef.", op, ": k must be >= 0, got ", k);
+}
+
+// Weights as float64 on x's device; checks shape and dtype. Their values are
+// checked on the host by host_weights().
+inline void attach_weights(const char* op, GroupArgs& g, const at::Tensor& x,
+                           const std::optional<at::Tensor>& weights) {
+  if (!weights.has_value()) return;
+  const at::Tensor& w = *weights;
+  TORCH_CHECK_TYPE(at::isFloatingType(w.scalar_type()), "wgsef.", op,
+                   ": weights must be a floating-point tensor, got ", w.scalar_type());
+  TORCH_CHECK_VALUE(w.dim() == 1 && w.numel() == g.num_groups, "wgsef.", op,
+                    ": weights must be 1-D with one entry per group (", g.num_groups,
+                    "), got shape ", w.sizes());
+  TORCH_CHECK_VALUE(w.device() == x.device(), "wgsef.", op, ": weights must be on x's device ",
+                    x.device(), ", got ", w.device());
+  g.weights = w.to(at::kDouble).contiguous();
+}
+
+inline void check_host_weights(const char* op, const double* d, int64_t m) {
+  for (int64_t i = 0; i < m; ++i) {
+    TORCH_CHECK_VALUE(d[i] > 0.0 && d[i] < std::numeric_limits<double>::infinity(), "wgsef.",
+                      op, ": weights must be positive and finite, got weights[", i,
+                      "] = ", d[i]);
+  }
+}
+
+// lam as a double; lam must be a finite, non-negative real number in a
+// one-element tensor.
+inline void check_lam_tensor(const char* op, const at::Tensor& lam) {
+  TORCH_CHECK_VALUE(lam.numel() == 1, "wgsef.", op,
+                    ": lam must be a one-element tensor, got shape ", lam.sizes());
+  TORCH_CHECK_TYPE(!lam.is_complex() && lam.scalar_type() != at::kBool, "wgsef.", op,
+                   ": lam must be real, got ", lam.scalar_type());
+}
+
+inline void check_lam_value(const char* op, double lam) {
+  TORCH_CHECK_VALUE(lam >= 0.0 && lam < std::numeric_limits<double>::infinity(), "wgsef.", op,
+                    ": lam must be finite and >= 0, got ", lam);
+}
+
+}  // namespace wgsef

@@ -1,0 +1,64 @@
+// WGSEF value, its subgradient and the group norms on the CPU.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/scalar_tensor.h>
+#include <torch/library.h>
+
+#include <cmath>
+
+#include "group_reduce.h"
+#include "wgsef/threshold.h"
+
+namespace wgsef::cpu {
+namespace {
+
+at::Tensor group_norms(const at::Tensor& x, const std::optional<at::Tensor>& group_ids,
+                       int64_t num_groups) {
+  const GroupArgs g = check_group_args("group_norms", x, group_ids, num_groups);
+  std::vector<double> sq = group_sq_norms(x.contiguous(), g);
+  at::Tensor out = at::empty({g.num_groups}, x.options().dtype(at::kDouble));
+  double* p = out.mutable_data_ptr<double>();
+  for (int64_t i = 0; i < g.num_groups; ++i) p[i] = std::sqrt(sq[i]);
+  return out.to(c10::promoteTypes(x.scalar_type(), at::kFloat));
+}
+
+at::Tensor value(const at::Tensor& x, int64_t k, const std::optional<at::Tensor>& weights,
+                 const std::optional<at::Tensor>& group_ids, int64_t num_groups) {
+  GroupArgs g = check_group_args("value", x, group_ids, num_groups);
+  check_k("value", k);
+  attach_weights("value", g, x, weights);
+  const double* d = host_weights("value", g);
+  const std::vector<double> sq = group_sq_norms(x.contiguous(), g);
+  return at::scalar_tensor(envelope_value(sq.data(), d, g.num_groups, k), x.options());
+}
+
+at::Tensor value_backward(const at::Tensor& grad, const at::Tensor& x, int64_t k,
+                          const std::optional<at::Tensor>& weights,
+                          const std::optional<at::Tensor>& group_ids, int64_t num_groups) {
+  GroupArgs g = check_group_args("value_backward", x, group_ids, num_groups);
+  check_k("value_backward", k);
+  TORCH_CHECK_VALUE(grad.numel() == 1, "wgsef.value_backward: grad must have one element, got shape ",
+                    grad.sizes());
+  attach_weights("value_backward", g, x, weights);
+  const double* d = host_weights("value_backward", g);
+  const at::Tensor xc = x.contiguous();
+  const std::vector<double> sq = group_sq_norms(xc, g);
+  std::vector<double> scales(static_cast<size_t>(g.num_groups));
+  envelope_grad_scales(sq.data(), d, g.num_groups, k, scales.data());
+  const double upstream = grad.item<double>();
+  for (double& s : scales) s *= upstream;
+  at::Tensor out = at::empty_like(xc);
+  scale_groups(xc, out, g, scales);
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(wgsef, CPU, m) {
+  m.impl("group_norms", &group_norms);
+  m.impl("value", &value);
+  m.impl("value_backward", &value_backward);
+}
+
+}  // namespace wgsef::cpu

@@ -1,0 +1,26 @@
+// Every wgsef op schema, in one place. Kernels register per backend under
+// csrc/<backend>/; fake kernels, autograd and Python wrappers live in wgsef/ops.py.
+//
+// Group layout shared by the ops: with group_ids = None, x is a 3-D view
+// (outer, groups, inner) and group g is x[:, g, :]; with group_ids, x has any
+// shape and group_ids (int64, same shape) holds each element's group in
+// [0, num_groups). weights: None (all 1) or one positive entry per group.
+#include <torch/library.h>
+
+TORCH_LIBRARY(wgsef, m) {
+  m.set_python_module("wgsef.ops");
+  m.def(
+      "group_norms(Tensor x, Tensor? group_ids=None, int num_groups=-1) -> Tensor");
+  m.def(
+      "value(Tensor x, int k, Tensor? weights=None, Tensor? group_ids=None, "
+      "int num_groups=-1) -> Tensor");
+  m.def(
+      "value_backward(Tensor grad, Tensor x, int k, Tensor? weights=None, "
+      "Tensor? group_ids=None, int num_groups=-1) -> Tensor");
+  m.def(
+      "prox(Tensor x, int k, Tensor lam, Tensor? weights=None, Tensor? group_ids=None, "
+      "int num_groups=-1) -> Tensor");
+  m.def(
+      "prox_(Tensor(a!) x, int k, Tensor lam, Tensor? weights=None, "
+      "Tensor? group_ids=None, int num_groups=-1) -> ()");
+}

@@ -1,0 +1,17 @@
+"""wgsef: native PyTorch ops for training structured-sparse networks.
+
+``torch.ops.wgsef.*`` are C++ kernels registered as torch custom ops; this
+package adds typed wrappers with group specs (:mod:`wgsef.functional`).
+"""
+
+import torch  # noqa: F401  (load libtorch before the extension)
+
+from . import _C, ops
+from .functional import group_norms, prox, prox_, value
+from .groups import GroupSpec, num_groups
+
+__version__ = "0.1.0"
+
+__all__ = ["GroupSpec", "group_norms", "num_groups", "ops", "prox", "prox_", "value"]
+
+with_cuda: bool = _C.with_cuda

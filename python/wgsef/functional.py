@@ -1,0 +1,165 @@
+"""The WGSEF regularizer and its proximal operator on one weight tensor.
+
+For a partition of x into groups ``G_1..G_m`` with weights ``d_i > 0`` and a
+budget of ``k`` groups, WGSEF is the convex envelope of
+
+    g(x) = 1/2 * sum_i d_i * ||x_{G_i}||^2   restricted to   #{i : x_{G_i} != 0} <= k,
+
+which equals ``1/2 * (k-support norm of z)^2`` with ``z_i = sqrt(d_i) * ||x_{G_i}||``.
+``k = 1`` gives the squared weighted group lasso, ``k >= m`` plain weighted weight
+decay. Its proximal operator scales each group by a factor in ``[0, 1]`` and sets
+weak groups exactly to zero. Both take one streaming pass (value) or two (prox)
+over x and a worst-case O(m) threshold search over the groups.
+
+NaN or Inf inside x: ``value`` returns NaN (NaN present) or +Inf (only Inf), and
+``prox`` returns a tensor of NaN, since the threshold is undefined.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import ops
+from .groups import GroupSpec, group_layout
+
+__all__ = ["group_norms", "value", "prox", "prox_"]
+
+
+def _check_k(k: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"k: expected an int, got {type(k).__name__}")
+    if k < 0:
+        raise ValueError(f"k: expected k >= 0, got {k}")
+    return k
+
+
+def _lam_tensor(lam: float | torch.Tensor) -> torch.Tensor:
+    if isinstance(lam, torch.Tensor):
+        return lam
+    if isinstance(lam, bool) or not isinstance(lam, (int, float)):
+        raise TypeError(f"lam: expected a float or a one-element tensor, got {type(lam).__name__}")
+    if not (lam >= 0 and math.isfinite(lam)):
+        raise ValueError(f"lam: expected a finite value >= 0, got {lam}")
+    return torch.tensor(float(lam), dtype=torch.float64)
+
+
+def _weights_tensor(weights, x: torch.Tensor) -> torch.Tensor | None:
+    if weights is None or isinstance(weights, torch.Tensor):
+        return weights
+    return torch.as_tensor(weights, dtype=torch.float64, device=x.device)
+
+
+def _resolve(x: torch.Tensor, groups: GroupSpec, weights):
+    weights = _weights_tensor(weights, x)
+    layout = group_layout(x, groups, weights)
+    if layout.shape is not None:
+        view = x.reshape(layout.shape)
+    else:
+        view = x
+    return view, layout, weights
+
+
+def group_norms(x: torch.Tensor, groups: GroupSpec = "filters") -> torch.Tensor:
+    """Euclidean norm of every group of ``x``.
+
+    Args:
+        x: floating-point tensor (float16, bfloat16, float32 or float64).
+        groups: group spec, see :mod:`wgsef.groups`.
+
+    Returns:
+        1-D tensor of length m (number of groups), in group order; float32 for
+        16-bit inputs, else x's dtype. Accumulated in float64. O(n) time.
+    """
+    view, layout, _ = _resolve(x, groups, None)
+    return ops.group_norms(view, layout.group_ids, layout.num_groups)
+
+
+def value(
+    x: torch.Tensor,
+    k: int,
+    groups: GroupSpec = "filters",
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """WGSEF_{k,d}(x), the weighted group sparse envelope of x.
+
+    ``WGSEF(x) = 1/2 * min_{u in [0,1]^m, sum u <= k} sum_i d_i ||x_{G_i}||^2 / u_i``.
+    ``k = 0`` gives 0 at x = 0 and +inf elsewhere.
+
+    Args:
+        x: floating-point tensor of any shape.
+        k: number of groups the envelope leaves free, ``k >= 0``.
+        groups: group spec (``"filters"``, ``"channels"``, ``"shapes"``, ``"layer"``,
+            ``"elements"``, ``("heads", h)`` or an id tensor), see :mod:`wgsef.groups`.
+        weights: ``None`` (all 1) or positive weights ``d``, one per group.
+
+    Returns:
+        0-dim tensor of x's dtype. Differentiable in x: the gradient is the
+        subgradient ``d_i * x_{G_i} / u_i`` at the optimal ``u`` (0 on zero groups).
+
+    Cost: one read of x (float64 accumulation) and a worst-case O(m) search.
+    """
+    _check_k(k)
+    view, layout, weights = _resolve(x, groups, weights)
+    return ops.value(view, k, weights, layout.group_ids, layout.num_groups)
+
+
+def prox(
+    x: torch.Tensor,
+    k: int,
+    lam: float | torch.Tensor,
+    groups: GroupSpec = "filters",
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Proximal operator ``argmin_z lam * WGSEF_{k,d}(z) + 1/2 ||z - x||^2``.
+
+    Each group is scaled, ``z_{G_i} = x_{G_i} * u_i / (u_i + lam * d_i)`` with
+    ``u_i = clip(sqrt(d_i) ||x_{G_i}|| * eta - lam * d_i, 0, 1)`` and eta the root of
+    ``sum_i u_i = k``. Groups with ``u_i = 0`` become exactly zero. At most k groups
+    are left unshrunk, but more than k may survive partially shrunk unless lam is
+    large enough (see ``shared/design/wgsef-math.md`` §5). Special cases: ``lam = 0``
+    returns a copy of x, ``k = 0`` returns zeros, at most k non-zero groups gives
+    ``x_{G_i} / (1 + lam * d_i)``.
+
+    Args:
+        x: floating-point tensor of any shape; not modified.
+        k: group budget, ``k >= 0``.
+        lam: step size times regularization strength, finite and ``>= 0``; a
+            float or a one-element tensor (use a tensor under ``torch.compile`` when
+            it changes between calls).
+        groups: group spec, see :mod:`wgsef.groups`.
+        weights: ``None`` (all 1) or positive weights ``d``, one per group.
+
+    Returns:
+        A new contiguous tensor of x's shape and dtype.
+
+    Cost: two streaming passes over x and a worst-case O(m) threshold search.
+    """
+    _check_k(k)
+    view, layout, weights = _resolve(x, groups, weights)
+    out = ops.prox(view, k, _lam_tensor(lam), weights, layout.group_ids, layout.num_groups)
+    return out.view(x.shape)
+
+
+def prox_(
+    x: torch.Tensor,
+    k: int,
+    lam: float | torch.Tensor,
+    groups: GroupSpec = "filters",
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """In-place :func:`prox`: overwrites x with the proximal point and returns x."""
+    _check_k(k)
+    lam_t = _lam_tensor(lam)
+    weights = _weights_tensor(weights, x)
+    layout = group_layout(x, groups, weights)
+    if layout.shape is None:
+        ops.prox_(x, k, lam_t, weights, layout.group_ids, layout.num_groups)
+    elif x.is_contiguous():
+        ops.prox_(x.view(layout.shape), k, lam_t, weights, None, -1)
+    else:
+        tmp = x.contiguous()
+        ops.prox_(tmp.view(layout.shape), k, lam_t, weights, None, -1)
+        x.copy_(tmp)
+    return x

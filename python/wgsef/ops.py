@@ -1,0 +1,85 @@
+"""Fake kernels and autograd formulas for the ``torch.ops.wgsef`` ops.
+
+The schemas live in ``csrc/ops.cpp`` (one ``TORCH_LIBRARY`` block); this module,
+named there by ``set_python_module``, completes each op's contract so that
+``torch.compile`` can trace it and ``torch.library.opcheck`` passes. The
+user-facing functions are in :mod:`wgsef.functional`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _C  # noqa: F401  (loading the extension registers the ops)
+
+__all__ = ["group_norms", "value", "value_backward", "prox", "prox_"]
+
+group_norms = torch.ops.wgsef.group_norms.default
+value = torch.ops.wgsef.value.default
+value_backward = torch.ops.wgsef.value_backward.default
+prox = torch.ops.wgsef.prox.default
+prox_ = torch.ops.wgsef.prox_.default
+
+
+def _num_groups(x: torch.Tensor, group_ids: torch.Tensor | None, num_groups: int) -> int:
+    return num_groups if group_ids is not None else x.shape[1]
+
+
+@torch.library.register_fake("wgsef::group_norms")
+def _group_norms_fake(x, group_ids=None, num_groups=-1):
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    return x.new_empty((_num_groups(x, group_ids, num_groups),), dtype=dtype)
+
+
+@torch.library.register_fake("wgsef::value")
+def _value_fake(x, k, weights=None, group_ids=None, num_groups=-1):
+    return x.new_empty(())
+
+
+@torch.library.register_fake("wgsef::value_backward")
+def _value_backward_fake(grad, x, k, weights=None, group_ids=None, num_groups=-1):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("wgsef::prox")
+def _prox_fake(x, k, lam, weights=None, group_ids=None, num_groups=-1):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("wgsef::prox_")
+def _prox_inplace_fake(x, k, lam, weights=None, group_ids=None, num_groups=-1):
+    return None
+
+
+def _value_setup_context(ctx, inputs, output):
+    x, k, weights, group_ids, num_groups = inputs
+    ctx.save_for_backward(x, weights, group_ids)
+    ctx.k = k
+    ctx.num_groups = num_groups
+
+
+def _value_backward_formula(ctx, grad):
+    x, weights, group_ids = ctx.saved_tensors
+    grad_x = value_backward(grad, x, ctx.k, weights, group_ids, ctx.num_groups)
+    return grad_x, None, None, None, None
+
+
+torch.library.register_autograd(
+    "wgsef::value", _value_backward_formula, setup_context=_value_setup_context
+)
+
+
+def _prox_setup_context(ctx, inputs, output):
+    pass
+
+
+def _prox_backward_formula(ctx, grad):
+    raise NotImplementedError(
+        "wgsef.prox is not differentiable: it is a proximal step, meant to run under "
+        "torch.no_grad() (as ProxSGD does). Differentiate wgsef.value instead."
+    )
+
+
+torch.library.register_autograd(
+    "wgsef::prox", _prox_backward_formula, setup_context=_prox_setup_context
+)
