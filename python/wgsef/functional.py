@@ -35,8 +35,10 @@ def _check_k(k: int) -> int:
     return k
 
 
-def _lam_tensor(lam: float | torch.Tensor) -> torch.Tensor:
+def _lam_tensor(lam: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     if isinstance(lam, torch.Tensor):
+        if lam.device != x.device and lam.device.type != "cpu":
+            raise ValueError(f"lam: expected a tensor on the CPU or on x's device {x.device}, got {lam.device}")
         return lam
     if isinstance(lam, bool) or not isinstance(lam, (int, float)):
         raise TypeError(f"lam: expected a float or a one-element tensor, got {type(lam).__name__}")
@@ -46,9 +48,13 @@ def _lam_tensor(lam: float | torch.Tensor) -> torch.Tensor:
 
 
 def _weights_tensor(weights, x: torch.Tensor) -> torch.Tensor | None:
-    if weights is None or isinstance(weights, torch.Tensor):
-        return weights
-    return torch.as_tensor(weights, dtype=torch.float64, device=x.device)
+    if weights is None:
+        return None
+    if not isinstance(weights, torch.Tensor):
+        return torch.as_tensor(weights, dtype=torch.float64, device=x.device)
+    if weights.device != x.device:
+        raise ValueError(f"weights: expected a tensor on x's device {x.device}, got {weights.device}")
+    return weights
 
 
 def _resolve(x: torch.Tensor, groups: GroupSpec, weights):
@@ -138,7 +144,7 @@ def prox(
     """
     _check_k(k)
     view, layout, weights = _resolve(x, groups, weights)
-    out = ops.prox(view, k, _lam_tensor(lam), weights, layout.group_ids, layout.num_groups)
+    out = ops.prox(view, k, _lam_tensor(lam, x), weights, layout.group_ids, layout.num_groups)
     return out.view(x.shape)
 
 
@@ -151,7 +157,7 @@ def prox_(
 ) -> torch.Tensor:
     """In-place :func:`prox`: overwrites x with the proximal point and returns x."""
     _check_k(k)
-    lam_t = _lam_tensor(lam)
+    lam_t = _lam_tensor(lam, x)
     weights = _weights_tensor(weights, x)
     layout = group_layout(x, groups, weights)
     if layout.shape is None:

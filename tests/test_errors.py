@@ -1,0 +1,114 @@
+"""Bad input raises a clear exception that names the argument."""
+
+import pytest
+import torch
+
+import wgsef
+
+
+def test_x_dtype():
+    for bad in (torch.arange(6).reshape(2, 3), torch.zeros(2, 3, dtype=torch.complex64)):
+        with pytest.raises(TypeError, match="x must be a float16, bfloat16, float32 or float64"):
+            wgsef.prox(bad, 1, 0.1)
+        with pytest.raises(TypeError, match="x must be"):
+            wgsef.value(bad, 1)
+    with pytest.raises(TypeError, match="x: expected a torch.Tensor"):
+        wgsef.value([1.0, 2.0], 1)
+
+
+def test_k():
+    x = torch.randn(4, 3)
+    with pytest.raises(ValueError, match="k: expected k >= 0"):
+        wgsef.prox(x, -1, 0.1)
+    with pytest.raises(TypeError, match="k: expected an int"):
+        wgsef.value(x, 1.5)
+    with pytest.raises(ValueError, match="k must be >= 0"):
+        torch.ops.wgsef.value(x.view(1, 4, 3), -2)
+
+
+@pytest.mark.parametrize("lam", [-0.1, float("nan"), float("inf")])
+def test_lam_value(lam):
+    x = torch.randn(4, 3)
+    with pytest.raises(ValueError, match="lam: expected a finite value >= 0"):
+        wgsef.prox(x, 1, lam)
+    with pytest.raises(ValueError, match="lam must be finite and >= 0"):
+        wgsef.prox(x, 1, torch.tensor(lam))
+    with pytest.raises(ValueError, match="lam must be finite and >= 0"):
+        wgsef.prox_(x, 1, torch.tensor(lam))
+
+
+def test_lam_shape_and_type():
+    x = torch.randn(4, 3)
+    with pytest.raises(ValueError, match="lam must be a one-element tensor"):
+        wgsef.prox(x, 1, torch.tensor([0.1, 0.2]))
+    with pytest.raises(TypeError, match="lam: expected a float"):
+        wgsef.prox(x, 1, "0.1")
+
+
+def test_group_specs_that_do_not_fit():
+    x = torch.randn(6, 4)
+    with pytest.raises(ValueError, match="groups: expected one of"):
+        wgsef.prox(x, 1, 0.1, "rows")
+    with pytest.raises(ValueError, match=r"groups: \('heads', 4\) needs num_heads >= 1 dividing"):
+        wgsef.prox(x, 1, 0.1, ("heads", 4))
+    with pytest.raises(ValueError, match="groups: expected \\('heads', num_heads\\)"):
+        wgsef.prox(x, 1, 0.1, ("heads", 2.0))
+    with pytest.raises(ValueError, match="'channels' needs x with at least 2 dimensions"):
+        wgsef.value(torch.randn(5), 1, "channels")
+    with pytest.raises(ValueError, match="'filters' needs x with at least 1 dimension"):
+        wgsef.value(torch.tensor(1.0), 1, "filters")
+
+
+def test_group_ids():
+    x = torch.randn(6, 4)
+    with pytest.raises(ValueError, match="group-id tensor must have x's shape"):
+        wgsef.prox(x, 1, 0.1, torch.zeros(6, 3, dtype=torch.long))
+    with pytest.raises(TypeError, match="group-id tensor must have an integer dtype"):
+        wgsef.prox(x, 1, 0.1, torch.zeros(6, 4))
+    ids = torch.zeros(6, 4, dtype=torch.long)
+    ids[2, 1] = 7
+    with pytest.raises(ValueError, match=r"group_ids must lie in \[0, num_groups = 3\)"):
+        wgsef.prox(x, 1, 0.1, ids, weights=torch.ones(3))
+    ids[2, 1] = -1
+    with pytest.raises(ValueError, match="group_ids must lie in"):
+        wgsef.value(x, 1, ids)
+    with pytest.raises(TypeError, match="group_ids must be an int64 tensor"):
+        torch.ops.wgsef.value(x, 1, None, ids.int(), 2)
+    with pytest.raises(ValueError, match="num_groups must be >= 0"):
+        torch.ops.wgsef.value(x, 1, None, ids.abs(), -1)
+    with pytest.raises(ValueError, match="x must be a 3-D view"):
+        torch.ops.wgsef.prox(x, 1, torch.tensor(0.1))
+
+
+def test_weights():
+    x = torch.randn(6, 4)
+    with pytest.raises(ValueError, match=r"weights must be 1-D with one entry per group \(6\)"):
+        wgsef.prox(x, 1, 0.1, weights=torch.ones(5))
+    with pytest.raises(ValueError, match=r"weights must be positive and finite, got weights\[2\] = 0"):
+        wgsef.prox(x, 1, 0.1, weights=torch.tensor([1.0, 1, 0, 1, 1, 1]))
+    with pytest.raises(ValueError, match="weights must be positive and finite"):
+        wgsef.value(x, 1, weights=torch.tensor([1.0, 1, 1, -1, 1, 1]))
+    with pytest.raises(ValueError, match="weights must be positive and finite"):
+        wgsef.value(x, 1, weights=torch.tensor([1.0, 1, 1, float("nan"), 1, 1]))
+    with pytest.raises(TypeError, match="weights must be a floating-point tensor"):
+        wgsef.value(x, 1, weights=torch.ones(6, dtype=torch.long))
+
+
+def test_devices():
+    x = torch.randn(6, 4)
+    with pytest.raises(ValueError, match="weights: expected a tensor on x's device cpu, got meta"):
+        wgsef.value(x, 1, weights=torch.ones(6, device="meta"))
+    with pytest.raises(ValueError, match="lam: expected a tensor on the CPU or on x's device"):
+        wgsef.prox(x, 1, torch.tensor(0.1, device="meta"))
+    with pytest.raises(ValueError, match="groups: group ids are on meta"):
+        wgsef.value(x, 1, torch.zeros(6, 4, dtype=torch.long, device="meta"))
+
+
+def test_failed_calls_leave_input_untouched():
+    x = torch.randn(6, 4)
+    before = x.clone()
+    with pytest.raises(ValueError):
+        wgsef.prox_(x, 1, torch.tensor(-1.0))
+    with pytest.raises(ValueError):
+        wgsef.prox_(x, 1, 0.1, weights=torch.zeros(6))
+    assert torch.equal(x, before)

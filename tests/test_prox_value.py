@@ -1,0 +1,266 @@
+"""wgsef.value / prox / prox_ / group_norms against the float64 reference."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import wgsef
+from tests import reference as ref
+
+# (shape, group spec) pairs covering every group type
+CASES = [
+    ((12, 5, 3, 3), "filters"),
+    ((12, 5, 3, 3), "channels"),
+    ((12, 5, 3, 3), "shapes"),
+    ((12, 5, 3, 3), "layer"),
+    ((7, 9), "elements"),
+    ((24, 16), ("heads", 6)),
+    ((20, 30), "filters"),
+    ((20, 30), "channels"),
+    ((20, 30), "shapes"),
+    ((17,), "filters"),
+]
+
+# output tolerance per dtype: inputs are exactly representable, so the error is
+# the rounding of one product and of the factor
+TOL = {
+    torch.float64: dict(rtol=1e-10, atol=1e-12),
+    torch.float32: dict(rtol=2e-6, atol=1e-6),
+    torch.float16: dict(rtol=2e-3, atol=1e-3),
+    torch.bfloat16: dict(rtol=1.6e-2, atol=1e-2),
+}
+
+
+def random_weight(shape, dtype, groups, zero_frac=0.2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g, dtype=torch.float64)
+    ids, m = ref.group_ids(shape, groups)
+    zero = torch.rand(m, generator=g) < zero_frac
+    mask = torch.from_numpy(~zero.numpy()[ids]).reshape(shape)
+    return (x * mask).to(dtype)
+
+
+def check_prox(x, k, lam, groups, weights=None, dtype=None):
+    dtype = dtype or x.dtype
+    x_before = x.clone()
+    out = wgsef.prox(x, k, lam, groups, weights)
+    assert torch.equal(x, x_before), "prox modified its input"
+    expect = ref.prox(x, k, lam, groups, None if weights is None else weights.tolist())
+    assert out.dtype == x.dtype and out.shape == x.shape
+    torch.testing.assert_close(out.double(), torch.from_numpy(expect), **TOL[dtype])
+    ids, m = ref.group_ids(tuple(x.shape), groups)
+    got_mass = np.bincount(ids, weights=np.abs(out.double().numpy().reshape(-1)), minlength=m)
+    ref_mass = np.bincount(ids, weights=np.abs(expect.reshape(-1)), minlength=m)
+    assert (got_mass[ref_mass == 0] == 0).all(), "a group the reference prunes is not exactly 0"
+    if dtype in (torch.float32, torch.float64):  # 16-bit outputs may underflow to 0
+        assert ((got_mass > 0) == (ref_mass > 0)).all()
+    inplace = x.clone()
+    returned = wgsef.prox_(inplace, k, lam, groups, weights)
+    assert returned is inplace
+    torch.testing.assert_close(inplace, out, rtol=0, atol=0)
+    return out
+
+
+@pytest.mark.parametrize("shape,groups", CASES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+def test_prox_matches_reference(shape, groups, dtype):
+    x = random_weight(shape, dtype, groups)
+    m = wgsef.num_groups(x, groups)
+    for k in sorted({0, 1, 2, max(1, m // 3), m - 1, m, m + 3}):
+        if k < 0:
+            continue
+        for lam in (0.0, 1e-6, 0.05, 0.7, 30.0, 1e6):
+            check_prox(x, k, lam, groups, dtype=dtype)
+
+
+@pytest.mark.parametrize("shape,groups", CASES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+def test_value_matches_reference(shape, groups, dtype):
+    x = random_weight(shape, dtype, groups)
+    m = wgsef.num_groups(x, groups)
+    rtol = {torch.float64: 1e-12, torch.float32: 1e-6}.get(dtype, 1e-2)
+    for k in sorted({0, 1, 2, max(1, m // 3), m - 1, m, m + 3}):
+        got = wgsef.value(x, k, groups)
+        assert got.dtype == dtype and got.dim() == 0
+        expect = ref.value(x, k, groups)
+        if math.isinf(expect):
+            assert math.isinf(got.item())
+        else:
+            assert got.item() == pytest.approx(expect, rel=rtol)
+
+
+@pytest.mark.parametrize("shape,groups", CASES)
+def test_group_norms_match_reference(shape, groups):
+    x = random_weight(shape, torch.float32, groups)
+    ids, m = ref.group_ids(shape, groups)
+    expect = np.sqrt(ref.sq_norms(x.double().numpy(), ids, m))
+    got = wgsef.group_norms(x, groups)
+    assert got.dtype == torch.float32 and got.shape == (m,)
+    torch.testing.assert_close(got.double(), torch.from_numpy(expect), rtol=1e-6, atol=0)
+
+
+def test_weights_change_the_ranking_and_match_reference():
+    x = torch.randn(10, 8, dtype=torch.float64)
+    weights = torch.linspace(0.3, 3.0, 10, dtype=torch.float64)
+    for k in (1, 3, 9):
+        for lam in (0.01, 0.5, 20.0):
+            check_prox(x, k, lam, "filters", weights)
+        assert wgsef.value(x, k, weights=weights).item() == pytest.approx(
+            ref.value(x, k, weights=weights.tolist()), rel=1e-12
+        )
+
+
+def test_custom_ids_with_empty_groups():
+    x = torch.randn(6, 10, dtype=torch.float64)
+    ids = torch.randint(0, 9, (6, 10))
+    ids[ids == 4] = 5  # group 4 is empty
+    weights = torch.rand(12, dtype=torch.float64) + 0.5  # groups 9..11 empty too
+    for k in (1, 2, 4, 12):
+        for lam in (0.02, 1.0):
+            out = wgsef.prox(x, k, lam, ids, weights)
+            xn = x.numpy().reshape(-1)
+            sq = ref.sq_norms(x.numpy(), ids.reshape(-1).numpy(), 12)
+            f = ref.prox_factors(sq, weights.numpy(), k, lam)
+            expect = (xn * f[ids.reshape(-1).numpy()]).reshape(x.shape)
+            torch.testing.assert_close(out, torch.from_numpy(expect), rtol=1e-10, atol=1e-12)
+    got = wgsef.value(x, 3, ids, weights).item()
+    sq = ref.sq_norms(x.numpy(), ids.reshape(-1).numpy(), 12)
+    assert got == pytest.approx(ref.value_from_sq(sq, weights.numpy(), 3), rel=1e-12)
+    torch.testing.assert_close(wgsef.value(x, 3, ids), wgsef.value(x, 3, ids.int()))
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_ties_at_the_kth_place(k):
+    # several identical groups straddle the k-th place: the prox keeps them
+    # together and is never k-sparse, for any lam
+    row = torch.tensor([0.6, -0.8, 0.0, 0.5], dtype=torch.float64)
+    x = torch.stack([3 * row, 2 * row, 2 * row, 2 * row, 2 * row, 0.5 * row, 0 * row])
+    for lam in (1e-3, 0.3, 5.0, 1e4):
+        out = check_prox(x, k, lam, "filters")
+        kept = (out.abs().sum(1) > 0).sum().item()
+        assert kept == 1 or kept >= 5
+    # tied groups share one factor bit for bit
+    out = wgsef.prox(x, 2, 0.3)
+    for i in (2, 3, 4):
+        assert torch.equal(out[i], out[1])
+
+
+def test_flat_root_snaps_pruned_groups_to_zero():
+    # exactly k groups saturate with lam above lambda_crit: the rest must be 0, not ~1e-17
+    torch.manual_seed(1)
+    failures = 0
+    for trial in range(300):
+        m, k = int(torch.randint(3, 9, ())), int(torch.randint(1, 3, ()))
+        base = torch.rand(m, dtype=torch.float64) + 0.1
+        base[torch.randint(0, m, (2,))] = base[0].item()  # ties
+        x = base[:, None] * torch.randn(1, 3, dtype=torch.float64)
+        a = x.norm(dim=1).numpy()
+        lc = ref.lambda_crit(a, np.ones(m), k)
+        if not math.isfinite(lc):
+            continue
+        for lam in (lc, lc * 1.5, lc * 0.5 + 1e-3):
+            out = wgsef.prox(x, k, lam)
+            kept = int((out.abs().sum(1) > 0).sum())
+            if lam >= lc and kept > k:
+                failures += 1
+            expect = ref.prox(x, k, lam)
+            if kept != ref.nonzero_groups(expect, np.arange(m * 3) // 3, m):
+                failures += 1
+    assert failures == 0
+
+
+def test_edge_cases():
+    x = torch.randn(5, 4, dtype=torch.float64)
+    torch.testing.assert_close(wgsef.prox(x, 2, 0.0), x, rtol=0, atol=0)
+    assert torch.count_nonzero(wgsef.prox(x, 0, 0.5)) == 0
+    torch.testing.assert_close(wgsef.prox(x, 5, 0.5), x / 1.5)
+    torch.testing.assert_close(wgsef.prox(x, 9, 0.5), x / 1.5)
+    # one group
+    one = torch.randn(1, 6, dtype=torch.float64)
+    torch.testing.assert_close(wgsef.prox(one, 1, 2.0), one / 3.0)
+    assert torch.count_nonzero(wgsef.prox(one, 0, 2.0)) == 0
+    assert wgsef.value(one, 1).item() == pytest.approx(0.5 * one.pow(2).sum().item())
+    # empty tensors, with and without groups
+    for shape in [(0, 3), (3, 0), (0,)]:
+        e = torch.empty(shape)
+        assert wgsef.prox(e, 1, 0.5).shape == shape
+        assert wgsef.value(e, 1).item() == 0.0
+    # all-zero input
+    z = torch.zeros(4, 3)
+    assert torch.count_nonzero(wgsef.prox(z, 1, 0.5)) == 0
+    assert wgsef.value(z, 0).item() == 0.0
+    assert math.isinf(wgsef.value(x, 0).item())
+    # k = 1 is the squared weighted group lasso, k >= m plain weight decay
+    d = torch.rand(5, dtype=torch.float64) + 0.5
+    norms = x.norm(dim=1)
+    assert wgsef.value(x, 1, weights=d).item() == pytest.approx(
+        0.5 * (d.sqrt() * norms).sum().item() ** 2
+    )
+    assert wgsef.value(x, 5, weights=d).item() == pytest.approx(
+        0.5 * (d * norms**2).sum().item()
+    )
+
+
+def test_huge_lam_keeps_top_k_groups():
+    x = torch.randn(30, 7, dtype=torch.float64)
+    for k in (1, 4, 10):
+        out = wgsef.prox(x, k, 1e8)
+        kept = set(torch.nonzero(out.abs().sum(1)).flatten().tolist())
+        top = set(torch.topk(x.norm(dim=1), k).indices.tolist())
+        assert kept == top
+
+
+def test_non_finite_input():
+    x = torch.randn(4, 3)
+    x[1, 2] = float("nan")
+    assert math.isnan(wgsef.value(x, 2).item())
+    assert torch.isnan(wgsef.prox(x, 2, 0.1)).all()
+    x[1, 2] = float("inf")
+    assert wgsef.value(x, 2).item() == float("inf")
+    assert torch.isnan(wgsef.prox(x, 2, 0.1)).all()
+
+
+def test_non_contiguous_inputs():
+    base = torch.randn(8, 6, dtype=torch.float64)
+    x = base.t()  # (6, 8), non-contiguous
+    expect = ref.prox(x, 2, 0.3, "channels")
+    torch.testing.assert_close(wgsef.prox(x, 2, 0.3, "channels"), torch.from_numpy(expect))
+    y = base.clone().t()
+    wgsef.prox_(y, 2, 0.3, "channels")
+    torch.testing.assert_close(y, torch.from_numpy(expect))
+    assert wgsef.value(x, 2, "channels").item() == pytest.approx(ref.value(x, 2, "channels"))
+
+
+def test_lam_as_tensor_and_int_ids():
+    x = torch.randn(9, 4)
+    a = wgsef.prox(x, 3, torch.tensor(0.2))
+    b = wgsef.prox(x, 3, 0.2)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_value_gradient_is_a_subgradient():
+    # gradient formula d_i x_i / u_i against finite differences at generic points
+    x = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    d = torch.rand(6, dtype=torch.float64) + 0.5
+    for k in (1, 2, 4, 6):
+        assert torch.autograd.gradcheck(lambda t: wgsef.value(t, k, weights=d), (x,), fast_mode=True)
+        assert torch.autograd.gradcheck(lambda t: wgsef.value(t, k, "channels"), (x,), fast_mode=True)
+    # subgradient inequality at a point with zero groups: W(y) >= W(x) + <g, y - x>
+    x0 = torch.randn(8, 3, dtype=torch.float64)
+    x0[[1, 5]] = 0
+    x0.requires_grad_(True)
+    wgsef.value(x0, 2).backward()
+    for _ in range(50):
+        y = torch.randn(8, 3, dtype=torch.float64)
+        lhs = ref.value(y, 2)
+        rhs = ref.value(x0, 2) + float((x0.grad * (y - x0.detach())).sum())
+        assert lhs >= rhs - 1e-9
+
+
+def test_prox_is_not_differentiable():
+    x = torch.randn(4, 3, requires_grad=True)
+    out = wgsef.prox(x, 1, 0.1)
+    with pytest.raises(NotImplementedError, match="not differentiable"):
+        out.sum().backward()
