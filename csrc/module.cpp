@@ -20,8 +20,9 @@ std::tuple<double, int64_t, int64_t> threshold_search(const std::vector<double>&
   if (k <= 0 || k >= m) throw std::invalid_argument("need 0 < k < len(c)");
   for (int64_t i = 0; i < m; ++i)
     if (!(c[i] > 0.0) || !(w[i] >= 0.0)) throw std::invalid_argument("need c > 0 and w >= 0");
+  std::vector<double> uc(c), uw(w), scratch(4 * c.size());
   wgsef::SearchStats stats;
-  const double eta = wgsef::solve_threshold(c.data(), w.data(), m, k, &stats);
+  const double eta = wgsef::solve_threshold(uc.data(), uw.data(), m, k, scratch.data(), &stats);
   return {eta, stats.work, stats.rounds};
 }
 

@@ -162,6 +162,20 @@ void scale_groups(const at::Tensor& src, const at::Tensor& dst, const GroupArgs&
   });
 }
 
+namespace {
+Workspace& thread_workspace() {
+  thread_local Workspace ws;
+  return ws;
+}
+}  // namespace
+
+WorkspaceLease::WorkspaceLease() : ws_(thread_workspace()) {}
+
+WorkspaceLease::~WorkspaceLease() {
+  constexpr size_t kKeepBytes = size_t{64} << 20;
+  if (ws_.data.size() * sizeof(double) > kKeepBytes) ws_.data = std::vector<double>();
+}
+
 const double* host_weights(const char* op, const GroupArgs& g) {
   if (!g.weights.defined()) return nullptr;
   const double* d = g.weights.const_data_ptr<double>();

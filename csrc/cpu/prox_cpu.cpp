@@ -22,7 +22,8 @@ void prox_into(const char* op, const at::Tensor& src, const at::Tensor& dst, int
   const double* d = host_weights(op, g);
   const std::vector<double> sq = group_sq_norms(src, g);
   std::vector<double> factors(static_cast<size_t>(g.num_groups));
-  prox_factors(sq.data(), d, g.num_groups, k, l, factors.data());
+  WorkspaceLease ws;
+  prox_factors(sq.data(), d, g.num_groups, k, l, factors.data(), ws.get());
   scale_groups(src, dst, g, factors);
 }
 

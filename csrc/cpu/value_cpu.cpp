@@ -30,7 +30,8 @@ at::Tensor value(const at::Tensor& x, int64_t k, const std::optional<at::Tensor>
   attach_weights("value", g, x, weights);
   const double* d = host_weights("value", g);
   const std::vector<double> sq = group_sq_norms(x.contiguous(), g);
-  return at::scalar_tensor(envelope_value(sq.data(), d, g.num_groups, k), x.options());
+  WorkspaceLease ws;
+  return at::scalar_tensor(envelope_value(sq.data(), d, g.num_groups, k, ws.get()), x.options());
 }
 
 at::Tensor value_backward(const at::Tensor& grad, const at::Tensor& x, int64_t k,
@@ -45,7 +46,8 @@ at::Tensor value_backward(const at::Tensor& grad, const at::Tensor& x, int64_t k
   const at::Tensor xc = x.contiguous();
   const std::vector<double> sq = group_sq_norms(xc, g);
   std::vector<double> scales(static_cast<size_t>(g.num_groups));
-  envelope_grad_scales(sq.data(), d, g.num_groups, k, scales.data());
+  WorkspaceLease ws;
+  envelope_grad_scales(sq.data(), d, g.num_groups, k, scales.data(), ws.get());
   const double upstream = grad.item<double>();
   for (double& s : scales) s *= upstream;
   at::Tensor out = at::empty_like(xc);

@@ -79,44 +79,122 @@ inline double snapped_share(double c, double eta, double w) {
   return std::abs(t) <= tol ? 0.0 : clip01(t);
 }
 
+// Two pivots expected to bracket the root of h closely, read off a strided
+// sample of the open groups (the Floyd-Rivest idea applied to a root search):
+// the sample's breakpoints, sorted, give a scaled estimate of h; the pivots sit
+// a few sample ranks either side of its sign change. Returns false when the
+// sample has no breakpoint inside the bracket.
+inline bool sampled_pivots(const double* c, const double* w, const double* lo, const double* hi,
+                           int64_t open, double left, double right, double slope, double offset,
+                           double& p1, double& p2, bool& has_p1, bool& has_p2) {
+  const int64_t s = std::min<int64_t>(open, 2 * static_cast<int64_t>(std::sqrt(double(open))) + 16);
+  struct Event {
+    double at, dslope, doffset;
+  };
+  std::vector<Event> events;
+  events.reserve(2 * s);
+  double s_slope = 0.0, s_offset = 0.0;  // sampled groups' linear part just right of `left`
+  for (int64_t j = 0; j < s; ++j) {
+    const int64_t i = j * open / s;
+    if (lo[i] > left) {
+      if (lo[i] < right) events.push_back({lo[i], c[i], -w[i]});
+    } else {
+      s_slope += c[i];
+      s_offset -= w[i];
+    }
+    if (hi[i] < right) events.push_back({hi[i], -c[i], w[i] + 1.0});
+  }
+  if (events.empty()) return false;
+  std::sort(events.begin(), events.end(), [](const Event& a, const Event& b) { return a.at < b.at; });
+  const double scale = double(open) / double(s);
+  const int64_t E = static_cast<int64_t>(events.size());
+  int64_t cross = E;  // first event where the estimate of h is >= 0
+  for (int64_t e = 0; e < E; ++e) {
+    s_slope += events[e].dslope;
+    s_offset += events[e].doffset;
+    const double at = events[e].at;
+    if (slope * at + offset + scale * (s_slope * at + s_offset) >= 0.0) {
+      cross = e;
+      break;
+    }
+  }
+  const int64_t margin = static_cast<int64_t>(std::sqrt(double(E))) + 1;
+  has_p1 = cross - margin >= 0;
+  has_p2 = cross + margin < E;
+  if (has_p1) p1 = events[cross - margin].at;
+  if (has_p2) p2 = events[cross + margin].at;
+  return has_p1 || has_p2;
+}
+
 }  // namespace detail
 
 // Root eta > 0 of h(eta) = sum_i clip(c_i*eta - w_i, 0, 1) - k, for c_i > 0,
 // w_i >= 0 (all finite) and 0 < k < m.
 //
-// Bracket search on the 2m breakpoints lo_i = w_i/c_i, hi_i = (w_i+1)/c_i: each
-// round evaluates h at the exact median of the breakpoints inside the bracket
-// (L, R), halves the bracket's breakpoint set, and folds the groups with no
-// breakpoint left inside into h = A*eta + B. Work is O(m) in the worst case.
-inline double solve_threshold(const double* c, const double* w, int64_t m, int64_t k,
+// Bracket search on the 2m breakpoints lo_i = w_i/c_i, hi_i = (w_i+1)/c_i. Each
+// round evaluates h at pivots inside the bracket (L, R), shrinks the bracket,
+// and folds the groups with no breakpoint left inside into h = A*eta + B.
+// Pivots come from a small sample (usually leaving a few percent of the
+// breakpoints inside after one round); a round that fails to drop a quarter of
+// them makes the next round use the exact median (median of medians), which
+// halves them. So the work is O(m) in the worst case, with a small constant on
+// typical inputs.
+//
+// c and w are reordered in place; scratch holds 4m doubles.
+inline double solve_threshold(double* uc, double* uw, int64_t m, int64_t k, double* scratch,
                               SearchStats* stats_out = nullptr) {
+  constexpr int64_t kSampleAbove = 256;  // below this, exact medians are cheap enough
   SearchStats stats;
-  std::vector<double> uc(c, c + m), uw(w, w + m), lo(m), hi(m), points(2 * m);
+  double* lo = scratch;
+  double* hi = scratch + m;
+  double* points = scratch + 2 * m;
   for (int64_t i = 0; i < m; ++i) {
     lo[i] = uw[i] / uc[i];
     hi[i] = (uw[i] + 1.0) / uc[i];
   }
+  stats.work += m;
   double left = 0.0, right = std::numeric_limits<double>::infinity();
   double slope = 0.0, offset = -static_cast<double>(k);
   int64_t open = m;  // groups with a breakpoint strictly inside (left, right)
+  int64_t inside = 2 * m;  // breakpoints strictly inside (left, right), an upper bound at first
+  bool exact = false;
   while (open > 0) {
     ++stats.rounds;
-    int64_t np = 0;
+    double p1 = 0.0, p2 = 0.0;
+    bool has_p1 = false, has_p2 = false;
+    if (exact || open < kSampleAbove ||
+        !detail::sampled_pivots(uc, uw, lo, hi, open, left, right, slope, offset, p1, p2,
+                                has_p1, has_p2)) {
+      int64_t np = 0;
+      for (int64_t i = 0; i < open; ++i) {
+        if (lo[i] > left && lo[i] < right) points[np++] = lo[i];
+        if (hi[i] > left && hi[i] < right) points[np++] = hi[i];
+      }
+      if (np == 0) break;  // unreachable: every open group owns a breakpoint inside
+      p1 = detail::select_kth(points, np, (np - 1) / 2, stats);
+      has_p1 = true;
+      stats.work += open;
+    }
+    // evaluate h at both pivots in one pass (p1 <= p2) and move the bracket
+    if (!has_p1) p1 = p2;
+    if (!has_p2) p2 = p1;
+    double h1 = slope * p1 + offset, h2 = slope * p2 + offset;
     for (int64_t i = 0; i < open; ++i) {
-      if (lo[i] > left && lo[i] < right) points[np++] = lo[i];
-      if (hi[i] > left && hi[i] < right) points[np++] = hi[i];
+      h1 += detail::clip01(uc[i] * p1 - uw[i]);
+      h2 += detail::clip01(uc[i] * p2 - uw[i]);
     }
-    if (np == 0) break;  // unreachable: every open group owns a breakpoint inside
-    const double p = detail::select_kth(points.data(), np, (np - 1) / 2, stats);
-    double hp = slope * p + offset;
-    for (int64_t i = 0; i < open; ++i) hp += detail::clip01(uc[i] * p - uw[i]);
-    if (hp == 0.0) {
-      stats.work += 3 * open;
+    stats.work += open;
+    if (h1 == 0.0 || h2 == 0.0) {
       if (stats_out) *stats_out = stats;
-      return p;
+      return h1 == 0.0 ? p1 : p2;
     }
-    (hp > 0.0 ? right : left) = p;
-    int64_t kept = 0;
+    if (h1 > 0.0) {
+      right = p1;
+    } else {
+      left = p1;
+      (h2 > 0.0 ? right : left) = p2;
+    }
+    int64_t kept = 0, kept_inside = 0;
     for (int64_t i = 0; i < open; ++i) {
       if (hi[i] <= left) {
         offset += 1.0;
@@ -126,6 +204,7 @@ inline double solve_threshold(const double* c, const double* w, int64_t m, int64
         slope += uc[i];
         offset -= uw[i];
       } else {
+        kept_inside += (lo[i] > left) + (hi[i] < right);
         uc[kept] = uc[i];
         uw[kept] = uw[i];
         lo[kept] = lo[i];
@@ -133,7 +212,9 @@ inline double solve_threshold(const double* c, const double* w, int64_t m, int64
         ++kept;
       }
     }
-    stats.work += 3 * open;
+    stats.work += open;
+    exact = 4 * kept_inside > 3 * inside;  // too little progress: guarantee it next round
+    inside = kept_inside;
     open = kept;
   }
   double eta;
@@ -148,6 +229,16 @@ inline double solve_threshold(const double* c, const double* w, int64_t m, int64
   return eta;
 }
 
+// Scratch memory for the search, 6 doubles per group; keep one alive across
+// calls to avoid fresh page faults on every call.
+struct Workspace {
+  std::vector<double> data;
+  double* reserve(int64_t m) {
+    if (data.size() < static_cast<size_t>(6 * m)) data.resize(static_cast<size_t>(6 * m));
+    return data.data();
+  }
+};
+
 // What the prox did, for callers that report or test it.
 struct ProxResult {
   int64_t nonzero_groups = 0;  // groups of the output that are not all zero
@@ -158,7 +249,8 @@ struct ProxResult {
 //   sq_norms[i] = ||v_{G_i}||^2, d = group weights (nullptr: all 1), lam >= 0, k >= 0.
 // Non-finite norms (NaN or Inf in v) give NaN factors for every group.
 inline ProxResult prox_factors(const double* sq_norms, const double* d, int64_t m, int64_t k,
-                               double lam, double* factors, SearchStats* stats = nullptr) {
+                               double lam, double* factors, Workspace& ws,
+                               SearchStats* stats = nullptr) {
   ProxResult result;
   int64_t nonzero = 0;
   bool finite = true;
@@ -185,7 +277,8 @@ inline ProxResult prox_factors(const double* sq_norms, const double* d, int64_t 
     result.nonzero_groups = nonzero;
     return result;
   }
-  std::vector<double> c(nonzero), w(nonzero);
+  double* c = ws.reserve(nonzero);
+  double* w = c + nonzero;
   for (int64_t i = 0, j = 0; i < m; ++i) {
     if (sq_norms[i] > 0.0) {
       const double di = d ? d[i] : 1.0;
@@ -194,14 +287,15 @@ inline ProxResult prox_factors(const double* sq_norms, const double* d, int64_t 
       ++j;
     }
   }
-  const double eta = solve_threshold(c.data(), w.data(), nonzero, k, stats);
+  const double eta = solve_threshold(c, w, nonzero, k, w + nonzero, stats);
   result.eta = eta;
-  for (int64_t i = 0, j = 0; i < m; ++i) {
+  for (int64_t i = 0; i < m; ++i) {
     if (sq_norms[i] > 0.0) {
-      const double u = detail::snapped_share(c[j], eta, w[j]);
-      factors[i] = u / (u + w[j]);
+      const double di = d ? d[i] : 1.0;
+      const double wi = lam * di;
+      const double u = detail::snapped_share(std::sqrt(di * sq_norms[i]), eta, wi);
+      factors[i] = u / (u + wi);
       result.nonzero_groups += u > 0.0;
-      ++j;
     } else {
       factors[i] = 0.0;
     }
@@ -209,25 +303,30 @@ inline ProxResult prox_factors(const double* sq_norms, const double* d, int64_t 
   return result;
 }
 
-// Optimal shares u_i of the variational form WGSEF(x) = 1/2 min_{u in D_k}
-// sum_i d_i ||x_i||^2 / u_i: u_i = min(1, z_i*eta), z_i = sqrt(d_i)*||x_i||,
-// with sum_i u_i = k (or u_i = 1 for all non-zero groups when at most k are).
-// Zero groups get u_i = 0. Requires finite norms and k >= 1.
-inline void envelope_shares(const double* sq_norms, const double* d, int64_t m, int64_t k,
-                            double* shares, SearchStats* stats = nullptr) {
+// The optimal shares of the variational form WGSEF(x) = 1/2 min_{u in D_k}
+// sum_i d_i ||x_i||^2 / u_i are u_i = min(1, z_i*eta), z_i = sqrt(d_i)*||x_i||,
+// with sum_i u_i = k; this returns eta (+inf when at most k groups are non-zero:
+// then u_i = 1 for all of them). Zero groups get u_i = 0. Requires finite norms
+// and k >= 1.
+inline double envelope_eta(const double* sq_norms, const double* d, int64_t m, int64_t k,
+                           Workspace& ws, SearchStats* stats = nullptr) {
   int64_t nonzero = 0;
   for (int64_t i = 0; i < m; ++i) nonzero += sq_norms[i] > 0.0;
-  if (nonzero <= k) {
-    for (int64_t i = 0; i < m; ++i) shares[i] = sq_norms[i] > 0.0 ? 1.0 : 0.0;
-    return;
+  if (nonzero <= k) return std::numeric_limits<double>::infinity();
+  double* z = ws.reserve(nonzero);
+  double* w = z + nonzero;
+  for (int64_t i = 0, j = 0; i < m; ++i) {
+    if (sq_norms[i] > 0.0) {
+      z[j] = std::sqrt((d ? d[i] : 1.0) * sq_norms[i]);
+      w[j++] = 0.0;
+    }
   }
-  std::vector<double> z(nonzero), w(nonzero, 0.0);
-  for (int64_t i = 0, j = 0; i < m; ++i)
-    if (sq_norms[i] > 0.0) z[j++] = std::sqrt((d ? d[i] : 1.0) * sq_norms[i]);
   // with w = 0 the prox root equation becomes the value's: sum_i min(z_i*eta, 1) = k
-  const double eta = solve_threshold(z.data(), w.data(), nonzero, k, stats);
-  for (int64_t i = 0, j = 0; i < m; ++i)
-    shares[i] = sq_norms[i] > 0.0 ? std::min(1.0, z[j++] * eta) : 0.0;
+  return solve_threshold(z, w, nonzero, k, w + nonzero, stats);
+}
+
+inline double envelope_share(double sq_norm, double di, double eta) {
+  return sq_norm > 0.0 ? std::min(1.0, std::sqrt(di * sq_norm) * eta) : 0.0;
 }
 
 enum class Finiteness { kFinite, kInf, kNaN };
@@ -242,7 +341,8 @@ inline Finiteness classify_norms(const double* sq_norms, int64_t m) {
 }
 
 // WGSEF_{k,d}(x) from the squared group norms ||x_i||^2.
-inline double envelope_value(const double* sq_norms, const double* d, int64_t m, int64_t k) {
+inline double envelope_value(const double* sq_norms, const double* d, int64_t m, int64_t k,
+                             Workspace& ws) {
   const Finiteness fin = classify_norms(sq_norms, m);
   if (fin == Finiteness::kNaN) return std::numeric_limits<double>::quiet_NaN();
   if (fin == Finiteness::kInf) return std::numeric_limits<double>::infinity();
@@ -250,11 +350,13 @@ inline double envelope_value(const double* sq_norms, const double* d, int64_t m,
   for (int64_t i = 0; i < m; ++i) any = any || sq_norms[i] > 0.0;
   if (!any) return 0.0;
   if (k == 0) return std::numeric_limits<double>::infinity();
-  std::vector<double> u(m);
-  envelope_shares(sq_norms, d, m, k, u.data());
+  const double eta = envelope_eta(sq_norms, d, m, k, ws);
   double total = 0.0;
-  for (int64_t i = 0; i < m; ++i)
-    if (u[i] > 0.0) total += (d ? d[i] : 1.0) * sq_norms[i] / u[i];
+  for (int64_t i = 0; i < m; ++i) {
+    const double di = d ? d[i] : 1.0;
+    const double u = envelope_share(sq_norms[i], di, eta);
+    if (u > 0.0) total += di * sq_norms[i] / u;
+  }
   return 0.5 * total;
 }
 
@@ -262,7 +364,7 @@ inline double envelope_value(const double* sq_norms, const double* d, int64_t m,
 // s_i = d_i / u_i (0 for zero groups). Non-finite norms, or k = 0 with x != 0,
 // give NaN scales: WGSEF is not finite there.
 inline void envelope_grad_scales(const double* sq_norms, const double* d, int64_t m, int64_t k,
-                                 double* scales) {
+                                 double* scales, Workspace& ws) {
   bool any = false;
   for (int64_t i = 0; i < m; ++i) any = any || sq_norms[i] > 0.0;
   if (classify_norms(sq_norms, m) != Finiteness::kFinite || (k == 0 && any)) {
@@ -273,8 +375,12 @@ inline void envelope_grad_scales(const double* sq_norms, const double* d, int64_
     std::fill(scales, scales + m, 0.0);
     return;
   }
-  envelope_shares(sq_norms, d, m, k, scales);
-  for (int64_t i = 0; i < m; ++i) scales[i] = scales[i] > 0.0 ? (d ? d[i] : 1.0) / scales[i] : 0.0;
+  const double eta = envelope_eta(sq_norms, d, m, k, ws);
+  for (int64_t i = 0; i < m; ++i) {
+    const double di = d ? d[i] : 1.0;
+    const double u = envelope_share(sq_norms[i], di, eta);
+    scales[i] = u > 0.0 ? di / u : 0.0;
+  }
 }
 
 }  // namespace wgsef
