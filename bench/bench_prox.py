@@ -1,0 +1,115 @@
+"""Time per element of wgsef.value / prox / prox_ against clone() and mul_().
+
+Two sweeps on float32 CPU tensors: elements (1e4..1e7, groups of 1024 rows)
+and groups (1e2..1e6 filter groups over 1e7 elements). Writes a CSV and a
+Markdown table under bench/results/. Ratios are the figures to quote: these
+machines are noisy, and every ratio is measured in the same run.
+
+    python bench/bench_prox.py [--quick] [--out bench/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+from torch.utils.benchmark import Timer
+
+import wgsef
+
+CASES = {
+    "clone": "x.clone()",
+    "mul_": "x.mul_(1.0)",
+    "value": "wgsef.value(x, k, 'filters')",
+    "prox": "wgsef.prox(x, k, lam, 'filters')",
+    "prox_": "wgsef.prox_(x, k, lam, 'filters')",
+}
+
+
+def measure(stmt: str, x: torch.Tensor, k: int, min_run_time: float):
+    lam = torch.tensor(1e-3)
+    timer = Timer(
+        stmt,
+        globals={"x": x, "k": k, "lam": lam, "wgsef": wgsef},
+        num_threads=torch.get_num_threads(),
+    )
+    m = timer.blocked_autorange(min_run_time=min_run_time)
+    return m.median, m.iqr
+
+
+def header() -> dict[str, str]:
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "machine": f"{platform.node()} {platform.machine()} {platform.processor() or ''}".strip(),
+        "device": "cpu",
+        "torch": torch.__version__,
+        "wgsef": wgsef.__version__,
+        "threads": str(torch.get_num_threads()),
+        "commit": commit,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer sizes, shorter timing")
+    parser.add_argument("--out", default="bench/results")
+    args = parser.parse_args()
+    min_run = 0.2 if args.quick else 1.0
+    sizes = [10**4, 10**5, 10**6] if args.quick else [10**4, 10**5, 10**6, 10**7]
+    group_counts = [10**2, 10**4] if args.quick else [10**2, 10**3, 10**4, 10**5, 10**6]
+    n_groups_sweep = 10**6 if args.quick else 10**7
+
+    sweeps = [("elements", n, (max(1, n // 1024), 1024)) for n in sizes]
+    sweeps += [("groups", g, (g, n_groups_sweep // g)) for g in group_counts]
+    rows = []
+    for sweep, x_value, shape in sweeps:
+        x = torch.randn(shape)
+        n, m = x.numel(), shape[0]
+        k = max(1, m // 4)
+        result = {name: measure(stmt, x, k, min_run) for name, stmt in CASES.items()}
+        for name, (median, iqr) in result.items():
+            rows.append({
+                "sweep": sweep, "x_value": x_value, "shape": "x".join(map(str, shape)),
+                "groups": m, "op": name, "median_ms": median * 1e3, "iqr_ms": iqr * 1e3,
+                "ns_per_element": median * 1e9 / n,
+                "ratio_to_clone": median / result["clone"][0],
+                "ratio_to_mul_": median / result["mul_"][0],
+            })
+        print(f"{sweep:>8} {x_value:>9} shape={shape}: " + ", ".join(
+            f"{name} {med * 1e9 / n:.2f} ns/el" for name, (med, _) in result.items()))
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = header()
+    with open(out / "prox_cpu.csv", "w", newline="") as f:
+        for key, val in meta.items():
+            f.write(f"# {key}: {val}\n")
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = [" | ".join(f"{k}: {v}" for k, v in meta.items()), ""]
+    lines.append("| sweep | n | groups | op | median ms | IQR ms | ns/element | / clone | / mul_ |")
+    lines.append("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        lines.append(
+            f"| {r['sweep']} | {r['shape']} | {r['groups']} | {r['op']} | {r['median_ms']:.3f} | "
+            f"{r['iqr_ms']:.3f} | {r['ns_per_element']:.2f} | {r['ratio_to_clone']:.2f} | "
+            f"{r['ratio_to_mul_']:.2f} |"
+        )
+    (out / "prox_cpu.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {out / 'prox_cpu.csv'} and {out / 'prox_cpu.md'}")
+
+
+if __name__ == "__main__":
+    main()
