@@ -67,31 +67,3 @@ def _value_backward_formula(ctx, grad):
 torch.library.register_autograd(
     "wgsef::value", _value_backward_formula, setup_context=_value_setup_context
 )
-
-
-def _no_setup_context(ctx, inputs, output):
-    pass
-
-
-def _not_differentiable(name: str, hint: str):
-    def backward(ctx, *grads):
-        raise NotImplementedError(f"wgsef.{name} is not differentiable: {hint}")
-
-    return backward
-
-
-# Registered so that backpropagating through them fails loudly instead of
-# silently yielding no gradient.
-torch.library.register_autograd(
-    "wgsef::prox",
-    _not_differentiable(
-        "prox", "it is a proximal step, meant to run under torch.no_grad() (as "
-        "ProxSGD does). Differentiate wgsef.value instead."
-    ),
-    setup_context=_no_setup_context,
-)
-torch.library.register_autograd(
-    "wgsef::group_norms",
-    _not_differentiable("group_norms", "use torch.linalg.vector_norm for a differentiable norm."),
-    setup_context=_no_setup_context,
-)
