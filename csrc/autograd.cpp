@@ -8,6 +8,7 @@
 TORCH_LIBRARY_IMPL(wgsef, Autograd, m) {
   m.impl("prox", torch::autograd::autogradNotImplementedFallback());
   m.impl("prox_", torch::autograd::autogradNotImplementedFallback());
+  m.impl("prox_multi_", torch::autograd::autogradNotImplementedFallback());
   m.impl("group_norms", torch::autograd::autogradNotImplementedFallback());
   m.impl("value_backward", torch::autograd::autogradNotImplementedFallback());
 }

@@ -9,9 +9,23 @@ import torch  # noqa: F401  (load libtorch before the extension)
 from . import _C, ops
 from .functional import group_norms, prox, prox_, value
 from .groups import GroupSpec, num_groups
+from .optim import ProxSGD, regularized_param_groups
+from .report import SparsityReport, sparsity_report
 
 __version__ = "0.1.0"
 
-__all__ = ["GroupSpec", "group_norms", "num_groups", "ops", "prox", "prox_", "value"]
+__all__ = [
+    "GroupSpec",
+    "ProxSGD",
+    "SparsityReport",
+    "group_norms",
+    "num_groups",
+    "ops",
+    "prox",
+    "prox_",
+    "regularized_param_groups",
+    "sparsity_report",
+    "value",
+]
 
 with_cuda: bool = _C.with_cuda

@@ -12,13 +12,14 @@ import torch
 
 from . import _C  # noqa: F401  (loading the extension registers the ops)
 
-__all__ = ["group_norms", "value", "value_backward", "prox", "prox_"]
+__all__ = ["group_norms", "value", "value_backward", "prox", "prox_", "prox_multi_"]
 
 group_norms = torch.ops.wgsef.group_norms.default
 value = torch.ops.wgsef.value.default
 value_backward = torch.ops.wgsef.value_backward.default
 prox = torch.ops.wgsef.prox.default
 prox_ = torch.ops.wgsef.prox_.default
+prox_multi_ = torch.ops.wgsef.prox_multi_.default
 
 
 def _num_groups(x: torch.Tensor, group_ids: torch.Tensor | None, num_groups: int) -> int:
@@ -48,6 +49,11 @@ def _prox_fake(x, k, lam, weights=None, group_ids=None, num_groups=-1):
 
 @torch.library.register_fake("wgsef::prox_")
 def _prox_inplace_fake(x, k, lam, weights=None, group_ids=None, num_groups=-1):
+    return None
+
+
+@torch.library.register_fake("wgsef::prox_multi_")
+def _prox_multi_fake(xs, layout, group_ids, weights, k, lam, scale, shared=False):
     return None
 
 

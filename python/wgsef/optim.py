@@ -1,0 +1,401 @@
+"""ProxSGD: stochastic proximal gradient with the WGSEF regularizer.
+
+Each step is ``p <- prox_{lr * lam * WGSEF}(p - lr * d_p)``: the SGD direction
+``d_p`` (momentum, dampening, Nesterov, L2 weight decay, maximize) is exactly
+``torch.optim.SGD``'s, computed by torch's own functional ``sgd``; then one
+native call (``torch.ops.wgsef.prox_multi_``) applies the proximal step to every
+regularized tensor of the param group.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from torch.optim.sgd import sgd as sgd_functional
+
+from . import ops
+from .groups import GroupSpec, group_layout
+
+__all__ = ["ProxSGD", "regularized_param_groups"]
+
+_REG_KEYS = ("lam", "k", "groups", "weights", "shared_k")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _per_tensor(value: Any, n: int, name: str) -> list:
+    """Broadcast a scalar option to n tensors, or check a per-tensor list."""
+    if isinstance(value, (list, tuple)) and not (name == "groups" and _is_heads_spec(value)):
+        if len(value) != n:
+            raise ValueError(f"{name}: expected one entry per parameter ({n}), got {len(value)}")
+        return list(value)
+    return [value] * n
+
+
+def _is_heads_spec(value: Any) -> bool:
+    return isinstance(value, tuple) and len(value) == 2 and value[0] == "heads"
+
+
+def _resolve_k(k: int | float, num_groups: int, where: str) -> int:
+    """A group budget: an int count, or a float kept fraction in (0, 1]."""
+    if isinstance(k, bool) or not _is_number(k):
+        raise TypeError(f"k: expected an int count or a float fraction, got {type(k).__name__}{where}")
+    if isinstance(k, float):
+        if not 0.0 < k <= 1.0:
+            raise ValueError(f"k: a kept fraction must lie in (0, 1], got {k}{where}")
+        return max(1, round(k * num_groups))
+    if k < 0:
+        raise ValueError(f"k: expected k >= 0, got {k}{where}")
+    if k > num_groups:
+        raise ValueError(f"k: {k} exceeds the number of groups ({num_groups}){where}")
+    return k
+
+
+class _Plan:
+    """The arguments of ``prox_multi_`` for one param group's tensors."""
+
+    def __init__(self, group: dict[str, Any]):
+        params: list[Tensor] = group["params"]
+        n = len(params)
+        names = group.get("names") or [f"params[{i}]" for i in range(n)]
+        specs = _per_tensor(group["groups"], n, "groups")
+        weights = _per_tensor(group["weights"], n, "weights")
+        self.layouts: list[tuple[int, int, int]] = []
+        self.group_ids: list[Tensor | None] = []
+        self.weights: list[Tensor | None] = []
+        self.num_groups: list[int] = []
+        for p, spec, w, name in zip(params, specs, weights, names):
+            if w is not None and not isinstance(w, Tensor):
+                w = torch.as_tensor(w, dtype=torch.float64, device=p.device)
+            layout = group_layout(p, spec, w)
+            if w is not None and w.numel() != layout.num_groups:
+                raise ValueError(
+                    f"weights: {name} has {layout.num_groups} groups, got {w.numel()} weights"
+                )
+            if w is not None and not bool((w > 0).all() and torch.isfinite(w).all()):
+                raise ValueError(f"weights: must be positive and finite for {name}")
+            self.layouts.append(layout.shape or (0, layout.num_groups, 0))
+            self.group_ids.append(layout.group_ids)
+            self.weights.append(w)
+            self.num_groups.append(layout.num_groups)
+        self.shared = bool(group["shared_k"])
+        if self.shared:
+            self.k = [_resolve_k(group["k"], sum(self.num_groups), " (shared budget)")]
+        else:
+            ks = _per_tensor(group["k"], n, "k")
+            self.k = [_resolve_k(k, m, f" for {name}") for k, m, name in zip(ks, self.num_groups, names)]
+        self.names = names
+
+
+def _as_tensor(value: float | Tensor | Sequence[float]) -> Tensor:
+    if isinstance(value, Tensor):
+        return value
+    return torch.tensor(value, dtype=torch.float64)
+
+
+def _check_lam(lam: Any, n: int, shared: bool) -> None:
+    values = lam.detach().reshape(-1).tolist() if isinstance(lam, Tensor) else (
+        list(lam) if isinstance(lam, (list, tuple)) else [lam]
+    )
+    expected = 1 if shared else n
+    if len(values) not in (1, expected):
+        raise ValueError(
+            f"lam: expected one value or one per parameter ({expected}), got {len(values)}"
+        )
+    for v in values:
+        if not _is_number(v) or not (v >= 0 and math.isfinite(v)):
+            raise ValueError(f"lam: expected finite values >= 0, got {lam!r}")
+
+
+class ProxSGD(Optimizer):
+    r"""SGD followed by the WGSEF proximal step: a drop-in for ``torch.optim.SGD``.
+
+    For each param group with a group budget ``k``, every step does
+
+    .. math:: p \leftarrow \operatorname{prox}_{lr \cdot \lambda \cdot \mathrm{WGSEF}_{k,d}}(p - lr \cdot d_p)
+
+    where ``d_p`` is exactly ``torch.optim.SGD``'s update direction. Param groups
+    with ``k=None`` or ``lam=0`` behave exactly like ``torch.optim.SGD``.
+
+    Args:
+        params: iterable of parameters or of param-group dicts (see
+            :func:`regularized_param_groups`); every option below may be set per group.
+        lr, momentum, dampening, weight_decay, nesterov, maximize, foreach: as in
+            ``torch.optim.SGD``. Pass ``lr`` as a tensor to use ``torch.compile(opt.step)``
+            with an LR scheduler without recompiling.
+        lam: regularization strength ``lambda >= 0``: a float, a tensor (one element, or
+            one per parameter of the group), or a list with one float per parameter.
+        k: group budget per WGSEF term: an int count, a float kept fraction in (0, 1]
+            of the term's groups, or a list with one entry per parameter; ``None``
+            leaves the group unregularized.
+        groups: group spec (``"filters"``, ``"channels"``, ``"shapes"``, ``"layer"``,
+            ``"elements"``, ``("heads", h)`` or an id tensor), or a list with one per
+            parameter. See :mod:`wgsef.groups`.
+        weights: ``None``, or a list with one per parameter of ``None`` or a tensor of
+            positive group weights ``d``.
+        shared_k: ``False``: each parameter is its own WGSEF term (per-layer ``k_l``,
+            ``lam_l``). ``True``: one term over all groups of all the group's parameters,
+            with one budget ``k`` (e.g. a network-wide filter budget, or ``groups="layer"``
+            so that whole layers compete and ``k`` of them survive).
+
+    **Reaching exactly k groups.** A prox step leaves at most ``k`` groups unshrunk,
+    but more may survive partially shrunk unless ``lr * lam`` exceeds the term's
+    ``lambda_crit`` (see the README). For a guaranteed level, call
+    :meth:`freeze_support` for the last part of training (a healing phase): it keeps
+    the ``k`` groups of each term with the largest ``||p_i|| / sqrt(d_i)`` (ties to the
+    lower index), sets the others to exactly zero and holds them there on every
+    later step, while the kept groups train by plain SGD with the regularizer off.
+    Training then ends with at most ``k`` non-zero groups per term (exactly ``k`` unless
+    a kept group becomes exactly zero). The masks are optimizer state, so they
+    survive ``state_dict``/``load_state_dict``.
+
+    The SGD part is torch's own (``torch.optim.sgd.sgd``), so it allocates what
+    ``torch.optim.SGD`` does (nothing full-size without weight decay, beyond the
+    momentum buffers); the prox works in place.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float | Tensor = 1e-3,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+        *,
+        lam: float | Tensor | Sequence[float] = 0.0,
+        k: int | float | Sequence[int | float] | None = None,
+        groups: GroupSpec | Sequence[GroupSpec] = "filters",
+        weights: Sequence[Tensor | None] | None = None,
+        shared_k: bool = False,
+        maximize: bool = False,
+        foreach: bool | None = None,
+    ) -> None:
+        defaults = dict(
+            lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+            nesterov=nesterov, maximize=maximize, foreach=foreach, differentiable=False,
+            lam=lam, k=k, groups=groups, weights=weights, shared_k=shared_k,
+        )
+        self._plans: dict[int, tuple[tuple, _Plan]] = {}
+        super().__init__(params, defaults)
+
+    def _plan(self, group: dict[str, Any]) -> _Plan:
+        """The group's prox arguments, rebuilt only when its options or params change."""
+        k = group["k"]
+        key = (
+            tuple(id(p) for p in group["params"]), id(group["groups"]), id(group["weights"]),
+            tuple(k) if isinstance(k, (list, tuple)) else k, group["shared_k"],
+        )
+        cached = self._plans.get(id(group))
+        if cached is None or cached[0] != key:
+            cached = (key, _Plan(group))
+            self._plans[id(group)] = cached
+        return cached[1]
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        try:
+            self._validate(self.param_groups[-1])
+        except (ValueError, TypeError):
+            self._plans.pop(id(self.param_groups.pop()), None)
+            raise
+
+    def _validate(self, group: dict[str, Any]) -> None:
+        lr = group["lr"]
+        if isinstance(lr, Tensor) and lr.numel() != 1:
+            raise ValueError("lr: a tensor lr must have one element")
+        if not float(lr) >= 0.0:
+            raise ValueError(f"lr: expected lr >= 0, got {lr}")
+        if group["momentum"] < 0.0:
+            raise ValueError(f"momentum: expected momentum >= 0, got {group['momentum']}")
+        if group["weight_decay"] < 0.0:
+            raise ValueError(f"weight_decay: expected weight_decay >= 0, got {group['weight_decay']}")
+        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
+            raise ValueError("nesterov: requires momentum > 0 and dampening = 0")
+        _check_lam(group["lam"], len(group["params"]), bool(group["shared_k"]))
+        if group["k"] is not None:
+            self._plan(group)  # raises on groups, weights or k that do not fit the parameters
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._plans = {}
+        for group in self.param_groups:
+            for key, default in self.defaults.items():
+                group.setdefault(key, default)
+
+    @staticmethod
+    def _regularized(group: dict[str, Any]) -> bool:
+        lam = group["lam"]
+        if group["k"] is None:
+            return False
+        if isinstance(lam, Tensor):
+            return True  # a tensor lam may be scheduled; a zero lam makes the prox the identity
+        return any(v != 0 for v in (lam if isinstance(lam, (list, tuple)) else [lam]))
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+        """One SGD step followed by the proximal step; returns the closure's loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads, bufs = [], [], []
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("ProxSGD does not support sparse gradients")
+                params.append(p)
+                grads.append(p.grad)
+                bufs.append(self.state[p].get("momentum_buffer"))
+            if not params:
+                continue
+            sgd_functional(
+                params, grads, bufs,
+                weight_decay=group["weight_decay"], momentum=group["momentum"], lr=group["lr"],
+                dampening=group["dampening"], nesterov=group["nesterov"],
+                maximize=group["maximize"], has_sparse_grad=False, foreach=group["foreach"],
+                fused=None, grad_scale=None, found_inf=None,
+            )
+            if group["momentum"] != 0:
+                for p, buf in zip(params, bufs):
+                    self.state[p]["momentum_buffer"] = buf
+            if self._regularized(group):
+                self._proximal_step(group, with_grad=[p.grad is not None for p in group["params"]])
+        return loss
+
+    def _proximal_step(self, group: dict[str, Any], with_grad: list[bool]) -> None:
+        """The prox on the group's params; per-tensor terms skip params without a
+        gradient this step, a shared term always covers all of them."""
+        params = group["params"]
+        plan = self._plan(group)
+        if "support_mask" in self.state[params[0]]:
+            views, scales = [], []
+            for p, (outer, m, inner), ids in zip(params, plan.layouts, plan.group_ids):
+                mask = self.state[p]["support_mask"].to(p.dtype)
+                if ids is None:
+                    views.append(p.view(outer, m, inner))
+                    scales.append(mask.view(1, m, 1))
+                else:
+                    p.mul_(mask[ids])
+            if views:
+                torch._foreach_mul_(views, scales)
+            return
+        take = [True] * len(params) if plan.shared else with_grad
+        chosen = [i for i, t in enumerate(take) if t]
+        lam = _as_tensor(group["lam"])
+        if lam.numel() > 1 and not plan.shared:
+            lam = lam[chosen] if len(chosen) < len(params) else lam
+        ids = [plan.group_ids[i] for i in chosen]
+        weights = [plan.weights[i] for i in chosen]
+        ops.prox_multi_(
+            [params[i] for i in chosen],
+            [v for i in chosen for v in plan.layouts[i]],
+            ids if any(t is not None for t in ids) else [],
+            weights if any(w is not None for w in weights) else [],
+            plan.k if plan.shared else [plan.k[i] for i in chosen],
+            lam,
+            _as_tensor(group["lr"]),
+            plan.shared,
+        )
+
+    @torch.no_grad()
+    def freeze_support(self) -> None:
+        """Keep the top-k groups of every WGSEF term, zero the rest, and hold them at zero.
+
+        From then on the regularized params take plain SGD steps on their kept
+        groups (the prox is off), so training ends with at most ``k`` non-zero groups
+        per term. Ties in ``||p_i|| / sqrt(d_i)`` go to the lower group index.
+        """
+        for group in self.param_groups:
+            if group["k"] is None:
+                continue
+            plan = self._plan(group)
+            params = group["params"]
+            scores = []
+            for p, layout, ids, w in zip(params, plan.layouts, plan.group_ids, plan.weights):
+                if ids is None:
+                    norms = ops.group_norms(p.reshape(layout))
+                else:
+                    norms = ops.group_norms(p, ids, layout[1])
+                norms = norms.double()
+                scores.append(norms if w is None else norms / w.to(norms).sqrt())
+            units = [torch.cat(scores)] if plan.shared else scores
+            masks = []
+            for score, k in zip(units, plan.k):
+                # stable descending sort: equal scores keep index order
+                order = torch.sort(-score, stable=True).indices
+                mask = torch.zeros_like(score, dtype=torch.bool)
+                mask[order[:k]] = True
+                mask &= score > 0
+                masks.append(mask)
+            if plan.shared:
+                masks = list(torch.split(masks[0], plan.num_groups))
+            for p, mask in zip(params, masks):
+                self.state[p]["support_mask"] = mask
+        for group in self.param_groups:
+            if group["k"] is not None:
+                self._proximal_step(group, with_grad=[True] * len(group["params"]))
+
+
+def regularized_param_groups(
+    model: nn.Module,
+    k: int | float = 0.5,
+    lam: float = 1e-4,
+    groups: GroupSpec | Callable[[str, nn.Module, Tensor], GroupSpec | None] = "filters",
+    shared_k: bool = False,
+    layer_types: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear),
+    skip: Iterable[str] = (),
+) -> list[dict[str, Any]]:
+    """Param groups for :class:`ProxSGD` from a model.
+
+    The weights of ``layer_types`` modules are regularized (one group dict, with a
+    per-tensor group spec and budget); everything else (biases, normalization
+    parameters, embeddings, layers named in ``skip``) goes to a second group with
+    ``k=None``, which takes plain SGD steps.
+
+    Args:
+        model: the network.
+        k: per-layer budget: an int count of groups, or a float kept fraction in
+            (0, 1] (``0.5`` keeps half of each layer's filters). With ``shared_k`` it is
+            the budget over all regularized groups of the model.
+        lam: regularization strength ``lambda``.
+        groups: group spec for every regularized weight, or a callable
+            ``(name, module, weight) -> spec or None`` (None: leave that weight alone).
+        shared_k: one WGSEF term over all regularized groups instead of one per layer.
+        layer_types: module types whose ``weight`` is regularized.
+        skip: module names (as in ``named_modules``) to leave unregularized.
+
+    Returns:
+        ``[regularized_group, other_group]``; each carries ``names`` for
+        :func:`wgsef.sparsity_report`.
+    """
+    skip = set(skip)
+    reg_params, reg_names, reg_specs, reg_ids = [], [], [], set()
+    for name, module in model.named_modules():
+        if not isinstance(module, layer_types) or name in skip:
+            continue
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, nn.Parameter) or not weight.requires_grad:
+            continue
+        spec = groups(name, module, weight) if callable(groups) else groups
+        if spec is None:
+            continue
+        reg_params.append(weight)
+        reg_names.append(f"{name}.weight")
+        reg_specs.append(spec)
+        reg_ids.add(id(weight))
+    other = [(n, p) for n, p in model.named_parameters() if id(p) not in reg_ids and p.requires_grad]
+    return [
+        {"params": reg_params, "names": reg_names, "groups": reg_specs, "k": k, "lam": lam,
+         "shared_k": shared_k},
+        {"params": [p for _, p in other], "names": [n for n, _ in other], "k": None},
+    ]

@@ -1,0 +1,88 @@
+"""Per-tensor group sparsity of a model or of a ProxSGD optimizer's terms."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from . import functional
+from .groups import GroupSpec
+
+__all__ = ["SparsityReport", "TensorSparsity", "sparsity_report"]
+
+
+@dataclass(frozen=True)
+class TensorSparsity:
+    name: str
+    shape: tuple[int, ...]
+    groups_kept: int  # groups that are not entirely zero
+    groups_total: int
+    k: int | None  # the term's budget (the shared budget for shared terms), if known
+    zero_fraction: float  # fraction of the tensor's elements that are exactly zero
+
+
+class SparsityReport(list):
+    """A list of :class:`TensorSparsity` rows that prints as a table."""
+
+    def __str__(self) -> str:
+        width = max([len(r.name) for r in self] + [6])
+        lines = [f"{'tensor':<{width}}  {'shape':<20}{'kept/groups':>14}{'k':>8}{'zero %':>9}"]
+        for r in self:
+            k = "-" if r.k is None else str(r.k)
+            kept = f"{r.groups_kept}/{r.groups_total}"
+            lines.append(
+                f"{r.name:<{width}}  {str(r.shape):<20}{kept:>14}{k:>8}{100 * r.zero_fraction:>8.1f}%"
+            )
+        kept = sum(r.groups_kept for r in self)
+        total = sum(r.groups_total for r in self)
+        zeros = sum(r.zero_fraction * torch.Size(r.shape).numel() for r in self)
+        numel = sum(torch.Size(r.shape).numel() for r in self)
+        lines.append(
+            f"{'total':<{width}}  {'':<20}{f'{kept}/{total}':>14}{'':>8}"
+            f"{100 * zeros / max(numel, 1):>8.1f}%"
+        )
+        return "\n".join(lines)
+
+
+def _row(name: str, p: torch.Tensor, spec: GroupSpec, k: int | None, shape=None) -> TensorSparsity:
+    with torch.no_grad():
+        norms = functional.group_norms(p.detach(), spec)
+        zero = float((p == 0).sum()) / max(p.numel(), 1)
+    shape = tuple(p.shape) if shape is None else shape
+    return TensorSparsity(name, shape, int((norms > 0).sum()), norms.numel(), k, zero)
+
+
+def sparsity_report(source, groups: GroupSpec = "filters") -> SparsityReport:
+    """Groups kept and zero fraction per regularized tensor.
+
+    Args:
+        source: a :class:`wgsef.ProxSGD` (reports every tensor of its regularized
+            param groups with their own group specs and budgets) or an ``nn.Module``
+            (reports the weight of every conv and linear layer, grouped by ``groups``).
+        groups: group spec used for an ``nn.Module``.
+    """
+    from .optim import ProxSGD
+
+    report = SparsityReport()
+    if isinstance(source, ProxSGD):
+        for group in source.param_groups:
+            if group["k"] is None:
+                continue
+            plan = source._plan(group)
+            for i, p in enumerate(group["params"]):
+                k = plan.k[0] if plan.shared else plan.k[i]
+                if plan.group_ids[i] is not None:
+                    report.append(_row(plan.names[i], p, plan.group_ids[i], k))
+                else:
+                    # the (outer, groups, inner) view groups by its middle dim, like "channels"
+                    view = p.detach().reshape(plan.layouts[i])
+                    report.append(_row(plan.names[i], view, "channels", k, tuple(p.shape)))
+        return report
+    if isinstance(source, nn.Module):
+        for name, module in source.named_modules():
+            if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+                report.append(_row(f"{name}.weight", module.weight, groups, None))
+        return report
+    raise TypeError(f"source: expected a wgsef.ProxSGD or an nn.Module, got {type(source).__name__}")

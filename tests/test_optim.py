@@ -1,0 +1,316 @@
+"""ProxSGD: the torch.optim contract, equivalence with SGD + the float64 reference
+prox, training to exactly k groups, checkpoint resume, compile, memory."""
+
+import copy
+import io
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import wgsef
+from tests import reference as ref
+
+
+def small_model(seed=0, dtype=torch.float64):
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 6, 3), nn.ReLU(), nn.Flatten(),
+        nn.Linear(6 * 4 * 4, 12), nn.ReLU(), nn.Linear(12, 5),
+    ).to(dtype)
+
+
+def batch(step, dtype=torch.float64):
+    g = torch.Generator().manual_seed(1000 + step)
+    return torch.randn(16, 3, 8, 8, generator=g, dtype=dtype), torch.randint(0, 5, (16,), generator=g)
+
+
+def train(model, opt, steps, start=0):
+    for s in range(start, start + steps):
+        x, y = batch(s, next(model.parameters()).dtype)
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+
+SGD_CONFIGS = [
+    dict(lr=0.05),
+    dict(lr=0.05, momentum=0.9),
+    dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3),
+    dict(lr=0.05, momentum=0.5, dampening=0.3, maximize=True),
+]
+
+
+@pytest.mark.parametrize("cfg", SGD_CONFIGS)
+@pytest.mark.parametrize("foreach", [False, True])
+def test_unregularized_groups_match_sgd_exactly(cfg, foreach):
+    a, b = small_model(), small_model()
+    opt_a = torch.optim.SGD(a.parameters(), foreach=foreach, **cfg)
+    opt_b = wgsef.ProxSGD(b.parameters(), foreach=foreach, **cfg)  # k=None: no prox
+    for step in range(6):
+        train(a, opt_a, 1, step)
+        train(b, opt_b, 1, step)
+        for pa, pb in zip(a.parameters(), b.parameters()):
+            assert torch.equal(pa, pb)
+    # lam = 0 with a budget is the identity prox: still exactly SGD
+    c = small_model()
+    opt_c = wgsef.ProxSGD(c.parameters(), foreach=foreach, k=1, lam=0.0, groups="layer", **cfg)
+    train(c, opt_c, 6)
+    for pa, pc in zip(a.parameters(), c.parameters()):
+        assert torch.equal(pa, pc)
+
+
+def reference_prox_group(tensors, specs, ks, lams, weights, shared):
+    """Apply the float64 reference prox to a list of tensors, in place."""
+    if not shared:
+        for t, spec, k, lam, w in zip(tensors, specs, ks, lams, weights):
+            t.copy_(torch.from_numpy(ref.prox(t, k, lam, spec, w)))
+        return
+    sqs, ds, idss = [], [], []
+    for t, spec, w in zip(tensors, specs, weights):
+        ids, m = ref.group_ids(tuple(t.shape), spec)
+        sqs.append(ref.sq_norms(t.numpy(), ids, m))
+        ds.append(np.ones(m) if w is None else np.asarray(w, dtype=np.float64))
+        idss.append(ids)
+    f = ref.prox_factors(np.concatenate(sqs), np.concatenate(ds), ks[0], lams[0])
+    offset = 0
+    for t, ids, sq in zip(tensors, idss, sqs):
+        fi = f[offset : offset + sq.size]
+        t.copy_(torch.from_numpy((t.numpy().reshape(-1) * fi[ids]).reshape(t.shape)))
+        offset += sq.size
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_matches_sgd_then_reference_prox(shared):
+    model, ref_model = small_model(), small_model()
+    convs = [model[0].weight, model[2].weight, model[5].weight]
+    ref_convs = [ref_model[0].weight, ref_model[2].weight, ref_model[5].weight]
+    specs = ["filters", "channels", ("heads", 3)]
+    weights = [None, torch.linspace(0.5, 2.0, 8, dtype=torch.float64), None]
+    lr, lam = 0.05, [6.0, 3.0, 4.0]
+    k = [3] if shared else [3, 4, 2]
+    rest = [p for n, p in model.named_parameters() if n not in ("0.weight", "2.weight", "5.weight")]
+    opt = wgsef.ProxSGD(
+        [
+            {"params": convs, "groups": specs, "weights": weights, "k": k[0] if shared else k,
+             "lam": lam[0] if shared else lam, "shared_k": shared},
+            {"params": rest},
+        ],
+        lr=lr, momentum=0.9,
+    )
+    sgd = torch.optim.SGD(ref_model.parameters(), lr=lr, momentum=0.9)
+    for step in range(25):
+        train(model, opt, 1, step)
+        train(ref_model, sgd, 1, step)
+        with torch.no_grad():
+            reference_prox_group(
+                ref_convs, specs, k, [lr * l for l in (lam[:1] if shared else lam)],
+                [None if w is None else w.tolist() for w in weights], shared,
+            )
+        for p, q in zip(model.parameters(), ref_model.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-12)
+    kept = sum(int((wgsef.group_norms(p, s) > 0).sum()) for p, s in zip(convs, specs))
+    ref_kept = sum(int((wgsef.group_norms(p, s) > 0).sum()) for p, s in zip(ref_convs, specs))
+    assert kept == ref_kept and kept < 8 + 8 + 3  # the prox pruned something
+
+
+def test_least_squares_reaches_exactly_k_true_groups():
+    # y = X w*, w* with 3 of 12 groups (of 4 weights) non-zero; recover them
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(400, 48, generator=g, dtype=torch.float64)
+    w_true = torch.zeros(12, 4, dtype=torch.float64)
+    true_groups = [1, 6, 10]
+    w_true[true_groups] = torch.randn(3, 4, generator=g, dtype=torch.float64) + 2.0
+    y = X @ w_true.reshape(-1) + 0.05 * torch.randn(400, generator=g, dtype=torch.float64)
+    w = torch.zeros(12, 4, dtype=torch.float64, requires_grad=True)
+    opt = wgsef.ProxSGD([w], lr=0.2, momentum=0.5, k=3, lam=0.05)
+    for step in range(400):
+        if step == 300:
+            opt.freeze_support()
+        opt.zero_grad()
+        ((X @ w.reshape(-1) - y) ** 2).mean().mul(0.5).backward()
+        opt.step()
+    kept = torch.nonzero(w.detach().norm(dim=1)).flatten().tolist()
+    assert kept == true_groups
+    assert torch.count_nonzero(w.detach()[[i for i in range(12) if i not in true_groups]]) == 0
+    torch.testing.assert_close(w.detach()[true_groups], w_true[true_groups], rtol=0, atol=0.05)
+    report = wgsef.sparsity_report(opt)
+    assert [(r.groups_kept, r.groups_total, r.k) for r in report] == [(3, 12, 3)]
+    assert report[0].zero_fraction == pytest.approx(36 / 48)
+
+
+def test_freeze_support_gives_at_most_k_groups_per_term_and_shared_budget():
+    model = small_model()
+    groups = wgsef.regularized_param_groups(model, k=0.5, lam=0.01)
+    opt = wgsef.ProxSGD(groups, lr=0.05, momentum=0.9)
+    train(model, opt, 5)
+    opt.freeze_support()
+    train(model, opt, 5, 5)
+    for row in wgsef.sparsity_report(opt):
+        assert row.groups_kept <= row.k
+    # one budget over all filters of the model
+    model2 = small_model()
+    opt2 = wgsef.ProxSGD(wgsef.regularized_param_groups(model2, k=10, lam=0.01, shared_k=True),
+                         lr=0.05, momentum=0.9)
+    train(model2, opt2, 5)
+    opt2.freeze_support()
+    train(model2, opt2, 5, 5)
+    assert sum(r.groups_kept for r in wgsef.sparsity_report(opt2)) <= 10
+
+
+def test_checkpoint_resume_is_bit_exact():
+    def make():
+        m = small_model()
+        o = wgsef.ProxSGD(wgsef.regularized_param_groups(m, k=0.5, lam=0.2), lr=0.05,
+                          momentum=0.9, nesterov=True)
+        return m, o
+
+    model, opt = make()
+    train(model, opt, 4)
+    opt.freeze_support()
+    train(model, opt, 2, 4)
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buf)
+    train(model, opt, 5, 6)
+
+    model2, opt2 = make()
+    buf.seek(0)
+    ckpt = torch.load(buf)
+    model2.load_state_dict(ckpt["model"])
+    opt2.load_state_dict(ckpt["opt"])
+    train(model2, opt2, 5, 6)
+    for p, q in zip(model.parameters(), model2.parameters()):
+        assert torch.equal(p, q)
+    # and without the frozen phase
+    model3, opt3 = make()
+    train(model3, opt3, 3)
+    state = copy.deepcopy((model3.state_dict(), opt3.state_dict()))
+    train(model3, opt3, 3, 3)
+    model4, opt4 = make()
+    model4.load_state_dict(state[0])
+    opt4.load_state_dict(state[1])
+    train(model4, opt4, 3, 3)
+    for p, q in zip(model3.parameters(), model4.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_optimizer_contract():
+    model = small_model()
+    groups = wgsef.regularized_param_groups(model, k=2, lam=0.1)
+    opt = wgsef.ProxSGD(groups, lr=0.1)
+    assert opt.defaults["lam"] == 0.0 and opt.defaults["k"] is None
+    assert opt.param_groups[0]["k"] == 2 and opt.param_groups[1]["k"] is None
+    # closure's loss is returned; a param without grad is untouched
+    x, y = batch(0)
+    frozen = model[7].bias
+    before = frozen.detach().clone()
+
+    def closure():
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        frozen.grad = None
+        return loss
+
+    loss = opt.step(closure)
+    assert isinstance(loss, torch.Tensor) and loss.item() > 0
+    assert torch.equal(frozen, before)
+    # add_param_group fills defaults and validates
+    extra = nn.Parameter(torch.randn(4, 3, dtype=torch.float64))
+    opt.add_param_group({"params": [extra], "k": 1, "lam": 0.5})
+    assert opt.param_groups[-1]["momentum"] == 0 and opt.param_groups[-1]["groups"] == "filters"
+    with pytest.raises(ValueError, match="k: 9 exceeds the number of groups"):
+        opt.add_param_group({"params": [nn.Parameter(torch.randn(4, 3))], "k": 9})
+    # state_dict round trip keeps the regularization options
+    sd = opt.state_dict()
+    assert [g["k"] for g in sd["param_groups"]] == [2, None, 1]
+    # deepcopy works
+    copy.deepcopy(opt)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(lr=-0.1), "lr: expected lr >= 0"),
+        (dict(lr=0.1, lam=-1.0, k=1), "lam: expected finite values >= 0"),
+        (dict(lr=0.1, lam=float("nan"), k=1), "lam: expected finite values >= 0"),
+        (dict(lr=0.1, lam=0.1, k=-1), "k: expected k >= 0"),
+        (dict(lr=0.1, lam=0.1, k=7), "k: 7 exceeds the number of groups \\(6\\)"),
+        (dict(lr=0.1, lam=0.1, k=1.5), "k: a kept fraction must lie in \\(0, 1\\]"),
+        (dict(lr=0.1, lam=0.1, k=1, groups=("heads", 4)), "groups: \\('heads', 4\\) needs"),
+        (dict(lr=0.1, lam=0.1, k=1, groups="rows"), "groups: expected one of"),
+        (dict(lr=0.1, lam=0.1, k=1, weights=[torch.ones(5)]), "weights: params\\[0\\] has 6 groups"),
+        (dict(lr=0.1, lam=0.1, k=1, weights=[-torch.ones(6)]), "weights: must be positive"),
+        (dict(lr=0.1, momentum=-0.5), "momentum: expected momentum >= 0"),
+        (dict(lr=0.1, nesterov=True), "nesterov: requires momentum > 0"),
+        (dict(lr=0.1, lam=[0.1, 0.2], k=1), "lam: expected one value or one per parameter \\(1\\)"),
+    ],
+)
+def test_bad_hyperparameters_raise_at_construction(kwargs, match):
+    p = nn.Parameter(torch.randn(6, 5))
+    with pytest.raises((ValueError, TypeError), match=match):
+        wgsef.ProxSGD([p], **kwargs)
+
+
+def test_lr_scheduler_and_compile_one_graph():
+    torch._dynamo.reset()
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    model, ref_model = small_model(dtype=torch.float32), small_model(dtype=torch.float32)
+    opt = wgsef.ProxSGD(wgsef.regularized_param_groups(model, k=0.5, lam=0.3),
+                        lr=torch.tensor(0.05), momentum=0.9)
+    ref_opt = wgsef.ProxSGD(wgsef.regularized_param_groups(ref_model, k=0.5, lam=0.3),
+                            lr=torch.tensor(0.05), momentum=0.9)
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.8)
+    ref_sched = torch.optim.lr_scheduler.ExponentialLR(ref_opt, gamma=0.8)
+    compiled_step = torch.compile(opt.step)
+    graphs_after_warmup = None
+    for s in range(6):
+        if s == 2:  # step 0 creates the momentum buffers, step 1 compiles the steady state
+            graphs_after_warmup = counters["stats"]["unique_graphs"]
+        x, y = batch(s, torch.float32)
+        for m, o in ((model, opt), (ref_model, ref_opt)):
+            o.zero_grad()
+            nn.functional.cross_entropy(m(x), y).backward()
+        compiled_step()
+        ref_opt.step()
+        sched.step()
+        ref_sched.step()
+        for p, q in zip(model.parameters(), ref_model.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    assert opt.param_groups[0]["lr"].item() == pytest.approx(0.05 * 0.8**6)
+    # four learning rates later, nothing was recompiled
+    assert counters["stats"]["unique_graphs"] == graphs_after_warmup
+
+
+class AllocationRecorder(TorchDispatchMode):
+    """Records every fresh (non-aliasing) tensor an op returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.sizes = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {a.untyped_storage().data_ptr() for a in torch.utils._pytree.tree_leaves((args, kwargs))
+                  if isinstance(a, torch.Tensor)}
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
+                self.sizes.append(t.numel())
+        return out
+
+
+def test_step_allocates_no_full_size_temporary():
+    model = small_model(dtype=torch.float32)
+    opt = wgsef.ProxSGD(wgsef.regularized_param_groups(model, k=0.5, lam=0.1), lr=0.05, momentum=0.9)
+    train(model, opt, 1)  # momentum buffers exist from here on
+    x, y = batch(1, torch.float32)
+    opt.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    largest = max(p.numel() for p in model.parameters())
+    with AllocationRecorder() as rec:
+        opt.step()
+    assert rec.sizes == [] or max(rec.sizes) < largest // 4, rec.sizes
