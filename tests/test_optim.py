@@ -314,3 +314,27 @@ def test_step_allocates_no_full_size_temporary():
     with AllocationRecorder() as rec:
         opt.step()
     assert rec.sizes == [] or max(rec.sizes) < largest // 4, rec.sizes
+
+
+def test_param_groups_by_attention_heads():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.TransformerEncoderLayer(16, 4, 32, batch_first=True))
+    groups = wgsef.regularized_param_groups(model, k=2, lam=5.0, groups="heads")
+    names = groups[0]["names"]
+    assert "1.self_attn.in_proj_weight" in names and "1.self_attn.out_proj.weight" in names
+    assert "1.self_attn.out_proj.weight" == names[names.index("1.self_attn.in_proj_weight") + 1]
+    opt = wgsef.ProxSGD(groups, lr=0.1)
+    x = torch.randn(3, 5, 8)
+    for _ in range(3):
+        opt.zero_grad()
+        model(x).pow(2).mean().backward()
+        opt.step()
+    opt.freeze_support()
+    rows = {r.name: r for r in wgsef.sparsity_report(opt)}
+    assert rows["1.self_attn.in_proj_weight"].groups_total == 12  # q, k, v x 4 heads
+    assert rows["1.self_attn.out_proj.weight"].groups_total == 4
+    assert all(r.groups_kept <= 2 for r in rows.values())
+    # a pruned output head is a block of head_dim zero columns
+    out = model[1].self_attn.out_proj.weight.detach()
+    zero_cols = (out.abs().sum(0) == 0).reshape(4, 4)
+    assert (zero_cols.all(1) | ~zero_cols.any(1)).all()

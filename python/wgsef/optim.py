@@ -370,6 +370,9 @@ def regularized_param_groups(
         lam: regularization strength ``lambda``.
         groups: group spec for every regularized weight, or a callable
             ``(name, module, weight) -> spec or None`` (None: leave that weight alone).
+            ``"heads"`` groups each ``nn.MultiheadAttention`` by attention head (its
+            q/k/v input projection by row blocks, its output projection by column
+            blocks) and the other layers by filters.
         shared_k: one WGSEF term over all regularized groups instead of one per layer.
         layer_types: module types whose ``weight`` is regularized.
         skip: module names (as in ``named_modules``) to leave unregularized.
@@ -380,19 +383,34 @@ def regularized_param_groups(
     """
     skip = set(skip)
     reg_params, reg_names, reg_specs, reg_ids = [], [], [], set()
-    for name, module in model.named_modules():
-        if not isinstance(module, layer_types) or name in skip:
-            continue
-        weight = getattr(module, "weight", None)
-        if not isinstance(weight, nn.Parameter) or not weight.requires_grad:
-            continue
-        spec = groups(name, module, weight) if callable(groups) else groups
-        if spec is None:
-            continue
+
+    def add(name: str, weight: Tensor, spec: GroupSpec | None) -> None:
+        if spec is None or not isinstance(weight, nn.Parameter) or not weight.requires_grad:
+            return
+        if id(weight) in reg_ids:
+            return
         reg_params.append(weight)
-        reg_names.append(f"{name}.weight")
+        reg_names.append(name)
         reg_specs.append(spec)
         reg_ids.add(id(weight))
+
+    for name, module in model.named_modules():
+        if name in skip:
+            continue
+        if groups == "heads" and isinstance(module, nn.MultiheadAttention):
+            add(f"{name}.in_proj_weight", module.in_proj_weight, ("heads", 3 * module.num_heads))
+            out = module.out_proj.weight
+            head_of_column = torch.arange(out.shape[1], device=out.device) // module.head_dim
+            add(f"{name}.out_proj.weight", out, head_of_column.expand(out.shape[0], -1).contiguous())
+            continue
+        if not isinstance(module, layer_types):
+            continue
+        weight = getattr(module, "weight", None)
+        if callable(groups):
+            spec = groups(name, module, weight)
+        else:
+            spec = "filters" if groups == "heads" else groups
+        add(f"{name}.weight", weight, spec)
     other = [(n, p) for n, p in model.named_parameters() if id(p) not in reg_ids and p.requires_grad]
     return [
         {"params": reg_params, "names": reg_names, "groups": reg_specs, "k": k, "lam": lam,
