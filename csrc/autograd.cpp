@@ -11,4 +11,5 @@ TORCH_LIBRARY_IMPL(wgsef, Autograd, m) {
   m.impl("prox_multi_", torch::autograd::autogradNotImplementedFallback());
   m.impl("group_norms", torch::autograd::autogradNotImplementedFallback());
   m.impl("value_backward", torch::autograd::autogradNotImplementedFallback());
+  m.impl("nm_mask", torch::autograd::autogradNotImplementedFallback());
 }

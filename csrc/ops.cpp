@@ -33,4 +33,15 @@ TORCH_LIBRARY(wgsef, m) {
   m.def(
       "prox_multi_(Tensor(a!)[] xs, int[] layout, Tensor?[] group_ids, Tensor?[] weights, "
       "int[] k, Tensor lam, Tensor scale, bool shared=False) -> ()");
+
+  // N:M sparsity. Groups are runs of m consecutive elements along dim; the mask
+  // keeps the n largest |w| of each (NaN largest, ties to the lower index).
+  m.def("nm_mask(Tensor w, int n, int m, int dim=-1) -> Tensor");
+  // (W * (mask + decay * (1 - mask)), mask) in one pass. grad_mode and
+  // srste_weight only select the backward: "ste" passes the gradient through,
+  // "scaled" multiplies it by (mask + decay * (1 - mask)); srste_weight adds
+  // srste_weight * (1 - mask) * W (SR-STE).
+  m.def(
+      "nm_decay(Tensor w, int n, int m, int dim, Tensor decay, str grad_mode=\"ste\", "
+      "float srste_weight=0.0) -> (Tensor, Tensor)");
 }

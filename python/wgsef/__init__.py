@@ -6,9 +6,10 @@ package adds typed wrappers with group specs (:mod:`wgsef.functional`).
 
 import torch  # noqa: F401  (load libtorch before the extension)
 
-from . import _C, ops
+from . import _C, nm, ops
 from .functional import group_norms, prox, prox_, value
 from .groups import GroupSpec, num_groups
+from .nm import NMSchedule, NMSparsifier, check_nm, nm_decay, nm_mask
 from .optim import ProxSGD, regularized_param_groups
 from .report import SparsityReport, sparsity_report
 
@@ -16,6 +17,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "GroupSpec",
+    "NMSchedule",
+    "NMSparsifier",
+    "check_nm",
+    "nm",
+    "nm_decay",
+    "nm_mask",
     "ProxSGD",
     "SparsityReport",
     "group_norms",

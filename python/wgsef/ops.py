@@ -12,7 +12,9 @@ import torch
 
 from . import _C  # noqa: F401  (loading the extension registers the ops)
 
-__all__ = ["group_norms", "value", "value_backward", "prox", "prox_", "prox_multi_"]
+__all__ = [
+    "group_norms", "value", "value_backward", "prox", "prox_", "prox_multi_", "nm_mask", "nm_decay",
+]
 
 group_norms = torch.ops.wgsef.group_norms.default
 value = torch.ops.wgsef.value.default
@@ -20,6 +22,8 @@ value_backward = torch.ops.wgsef.value_backward.default
 prox = torch.ops.wgsef.prox.default
 prox_ = torch.ops.wgsef.prox_.default
 prox_multi_ = torch.ops.wgsef.prox_multi_.default
+nm_mask = torch.ops.wgsef.nm_mask.default
+nm_decay = torch.ops.wgsef.nm_decay.default
 
 
 def _num_groups(x: torch.Tensor, group_ids: torch.Tensor | None, num_groups: int) -> int:
@@ -72,4 +76,39 @@ def _value_backward_formula(ctx, grad):
 
 torch.library.register_autograd(
     "wgsef::value", _value_backward_formula, setup_context=_value_setup_context
+)
+
+
+@torch.library.register_fake("wgsef::nm_mask")
+def _nm_mask_fake(w, n, m, dim=-1):
+    return torch.empty_like(w, dtype=torch.bool, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("wgsef::nm_decay")
+def _nm_decay_fake(w, n, m, dim, decay, grad_mode="ste", srste_weight=0.0):
+    out = torch.empty_like(w, memory_format=torch.contiguous_format)
+    return out, torch.empty_like(w, dtype=torch.bool, memory_format=torch.contiguous_format)
+
+
+def _nm_decay_setup_context(ctx, inputs, output):
+    w, n, m, dim, decay, grad_mode, srste_weight = inputs
+    mask = output[1]
+    ctx.mark_non_differentiable(mask)
+    ctx.grad_mode = grad_mode
+    ctx.srste_weight = srste_weight
+    ctx.save_for_backward(mask, decay, w if srste_weight else None)
+
+
+def _nm_decay_backward(ctx, grad_out, grad_mask):
+    mask, decay, w = ctx.saved_tensors
+    grad = grad_out
+    if ctx.grad_mode == "scaled":
+        grad = torch.where(mask, grad_out, grad_out * decay.to(grad_out.dtype))
+    if ctx.srste_weight:
+        grad = grad + ctx.srste_weight * torch.where(mask, torch.zeros_like(w), w)
+    return grad, None, None, None, None, None, None
+
+
+torch.library.register_autograd(
+    "wgsef::nm_decay", _nm_decay_backward, setup_context=_nm_decay_setup_context
 )
