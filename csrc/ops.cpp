@@ -37,10 +37,11 @@ TORCH_LIBRARY(wgsef, m) {
   // N:M sparsity. Groups are runs of m consecutive elements along dim; the mask
   // keeps the n largest |w| of each (NaN largest, ties to the lower index).
   m.def("nm_mask(Tensor w, int n, int m, int dim=-1) -> Tensor");
-  // (W * (mask + decay * (1 - mask)), mask) in one pass. grad_mode and
-  // srste_weight only select the backward: "ste" passes the gradient through,
+  // (W * (mask + decay * (1 - mask)), saved_mask) in one pass. grad_mode and
+  // srste_weight select the backward: "ste" passes the gradient through,
   // "scaled" multiplies it by (mask + decay * (1 - mask)); srste_weight adds
-  // srste_weight * (1 - mask) * W (SR-STE).
+  // srste_weight * (1 - mask) * W (SR-STE). saved_mask is the mask when the
+  // backward needs it ("scaled" or srste_weight > 0), else an empty tensor.
   m.def(
       "nm_decay(Tensor w, int n, int m, int dim, Tensor decay, str grad_mode=\"ste\", "
       "float srste_weight=0.0) -> (Tensor, Tensor)");

@@ -53,6 +53,17 @@ inline key_t<T> key_of(T v) {
   }
 }
 
+// out = w * (keep ? 1 : pruned), written so that the compiler vectorises it:
+// a select between two factors (kept weights are multiplied by exactly 1).
+template <typename T, typename acc_t>
+void apply_keep(const T* __restrict w, const uint8_t* __restrict keep, int64_t count, acc_t pruned,
+                T* __restrict out) {
+  for (int64_t e = 0; e < count; ++e) {
+    const acc_t f = keep[e] ? acc_t(1) : pruned;
+    out[e] = static_cast<T>(static_cast<acc_t>(w[e]) * f);
+  }
+}
+
 // Groups are gathered, a block at a time, into a contiguous key buffer: for
 // last-dim groups (inner == 1) a block is a run of whole groups; for strided
 // groups (conv input channels) the m elements of each inner position.
@@ -65,9 +76,8 @@ void nm_kernel(const T* w, bool* mask, T* out, const NMLayout& l, int64_t n, int
   const int64_t per_task = std::max<int64_t>(1, m * l.inner);
   const int64_t run_groups = l.inner == 1 ? std::max<int64_t>(1, 4096 / m) : 1;
   at::parallel_for(0, tasks, std::max<int64_t>(1, 32768 / per_task), [&](int64_t t0, int64_t t1) {
-    std::vector<K> key(static_cast<size_t>(run_groups * m)), scratch(static_cast<size_t>(m));
+    std::vector<K> key(static_cast<size_t>(run_groups * m)), scratch(static_cast<size_t>(3 * m));
     std::vector<uint8_t> keep(static_cast<size_t>(run_groups * m));
-    // kept elements are multiplied by exactly 1, so they pass through unchanged
     using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
     const acc_t pruned = static_cast<acc_t>(decay);
     auto scale = [pruned](T v, uint8_t kept) {
@@ -81,9 +91,8 @@ void nm_kernel(const T* w, bool* mask, T* out, const NMLayout& l, int64_t n, int
         const int64_t count = groups * m;
         for (int64_t e = 0; e < count; ++e) key[e] = key_of(w[first + e]);
         nm::select_top_n(key.data(), groups, m, n, keep.data(), scratch.data());
-        std::memcpy(mask + first, keep.data(), static_cast<size_t>(count));
-        if (out)
-          for (int64_t e = 0; e < count; ++e) out[first + e] = scale(w[first + e], keep[e]);
+        if (mask) std::memcpy(mask + first, keep.data(), static_cast<size_t>(count));
+        if (out) apply_keep(w + first, keep.data(), count, pruned, out + first);
       }
       return;
     }
@@ -94,7 +103,7 @@ void nm_kernel(const T* w, bool* mask, T* out, const NMLayout& l, int64_t n, int
         nm::select_top_n(key.data(), 1, m, n, keep.data(), scratch.data());
         for (int64_t j = 0; j < m; ++j) {
           const int64_t at = base + i + j * l.inner;
-          mask[at] = keep[j];
+          if (mask) mask[at] = keep[j];
           if (out) out[at] = scale(w[at], keep[j]);
         }
       }
@@ -102,14 +111,15 @@ void nm_kernel(const T* w, bool* mask, T* out, const NMLayout& l, int64_t n, int
   });
 }
 
+// The mask is written only when keep_mask; the decayed weight only when decay is given.
 std::tuple<at::Tensor, at::Tensor> run(const char* op, const at::Tensor& w, int64_t n, int64_t m,
-                                       int64_t dim, std::optional<double> decay) {
+                                       int64_t dim, std::optional<double> decay, bool keep_mask) {
   const NMLayout l = check_nm_args(op, w, n, m, dim);
   const at::Tensor wc = w.contiguous();
-  at::Tensor mask = at::empty(wc.sizes(), wc.options().dtype(at::kBool));
+  at::Tensor mask = at::empty(keep_mask ? wc.sizes() : at::IntArrayRef{0}, wc.options().dtype(at::kBool));
   at::Tensor out = decay ? at::empty_like(wc) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, wc.scalar_type(), "nm_kernel", [&] {
-    nm_kernel(wc.const_data_ptr<scalar_t>(), mask.mutable_data_ptr<bool>(),
+    nm_kernel(wc.const_data_ptr<scalar_t>(), keep_mask ? mask.mutable_data_ptr<bool>() : nullptr,
               decay ? out.mutable_data_ptr<scalar_t>() : nullptr, l, n, m,
               decay.value_or(0.0));
   });
@@ -117,7 +127,7 @@ std::tuple<at::Tensor, at::Tensor> run(const char* op, const at::Tensor& w, int6
 }
 
 at::Tensor nm_mask(const at::Tensor& w, int64_t n, int64_t m, int64_t dim) {
-  return std::get<1>(run("nm_mask", w, n, m, dim, std::nullopt));
+  return std::get<1>(run("nm_mask", w, n, m, dim, std::nullopt, true));
 }
 
 std::tuple<at::Tensor, at::Tensor> nm_decay(const at::Tensor& w, int64_t n, int64_t m, int64_t dim,
@@ -130,7 +140,8 @@ std::tuple<at::Tensor, at::Tensor> nm_decay(const at::Tensor& w, int64_t n, int6
   TORCH_CHECK_VALUE(grad_mode == "ste" || grad_mode == "scaled", "wgsef.nm_decay: grad_mode must be 'ste' or 'scaled', got '",
                     grad_mode, "'");
   TORCH_CHECK_VALUE(srste_weight >= 0.0, "wgsef.nm_decay: srste_weight must be >= 0, got ", srste_weight);
-  return run("nm_decay", w, n, m, dim, d);
+  // the backward needs the mask only to scale the gradient or add the SR-STE term
+  return run("nm_decay", w, n, m, dim, d, grad_mode == "scaled" || srste_weight > 0.0);
 }
 
 }  // namespace

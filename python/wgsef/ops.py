@@ -87,7 +87,9 @@ def _nm_mask_fake(w, n, m, dim=-1):
 @torch.library.register_fake("wgsef::nm_decay")
 def _nm_decay_fake(w, n, m, dim, decay, grad_mode="ste", srste_weight=0.0):
     out = torch.empty_like(w, memory_format=torch.contiguous_format)
-    return out, torch.empty_like(w, dtype=torch.bool, memory_format=torch.contiguous_format)
+    if grad_mode == "scaled" or srste_weight > 0:
+        return out, torch.empty_like(w, dtype=torch.bool, memory_format=torch.contiguous_format)
+    return out, w.new_empty((0,), dtype=torch.bool)
 
 
 def _nm_decay_setup_context(ctx, inputs, output):

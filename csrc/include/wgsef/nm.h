@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <limits>
 
 namespace wgsef::nm {
 
@@ -53,8 +54,45 @@ inline void first_max(const K* key, uint8_t* keep) {
   }
 }
 
+// One large group (m > 16, 2 <= n < m). Split it into n slices: the smallest
+// of their maxima is a lower bound on the n-th largest key (each slice holds
+// one key at least that large), so only keys at or above it can be kept. On
+// real weights these candidates are a few times n; the exact threshold comes
+// from a selection among them, and ties at it go to the lower index. scratch
+// holds 3m keys.
+template <typename K>
+inline void select_large(const K* key, int64_t m, int64_t n, uint8_t* keep, K* scratch) {
+  K lower = std::numeric_limits<K>::max();
+  for (int64_t b = 0; b < n; ++b) {
+    K slice_max = 0;
+    for (int64_t j = b * m / n; j < (b + 1) * m / n; ++j) slice_max = std::max(slice_max, key[j]);
+    lower = std::min(lower, slice_max);
+  }
+  K* cand_key = scratch;
+  K* cand_index = scratch + m;
+  int64_t count = 0;
+  for (int64_t j = 0; j < m; ++j) {  // branch-free compaction, in index order
+    cand_key[count] = key[j];
+    cand_index[count] = static_cast<K>(j);
+    count += key[j] >= lower;
+  }
+  std::fill(keep, keep + m, uint8_t{0});
+  // the n-th largest candidate key is the threshold; cand_index keeps index order
+  K* sorted = scratch + 2 * m;
+  std::copy(cand_key, cand_key + count, sorted);
+  std::nth_element(sorted, sorted + (n - 1), sorted + count, std::greater<K>());
+  const K threshold = sorted[n - 1];
+  int64_t ties = n;
+  for (int64_t c = 0; c < count; ++c) ties -= cand_key[c] > threshold;
+  for (int64_t c = 0; c < count; ++c) {
+    const bool tie = cand_key[c] == threshold && ties > 0;
+    ties -= tie;
+    keep[cand_index[c]] = cand_key[c] > threshold || tie;
+  }
+}
+
 // keep[g*m + j] = 1 for the n best-ranked keys of every group g of a block of
-// `groups` contiguous groups of m keys; scratch holds m keys.
+// `groups` contiguous groups of m keys; scratch holds 3m keys.
 template <typename K>
 inline void select_top_n(const K* key, int64_t groups, int64_t m, int64_t n, uint8_t* keep,
                          K* scratch) {
@@ -105,21 +143,7 @@ inline void select_top_n(const K* key, int64_t groups, int64_t m, int64_t n, uin
     default:
       break;
   }
-  for (int64_t g = 0; g < total; g += m) {
-    const K* k = key + g;
-    uint8_t* out = keep + g;
-    // the n-th largest key; keep everything above it and the first ties at it
-    std::copy(k, k + m, scratch);
-    std::nth_element(scratch, scratch + (n - 1), scratch + m, std::greater<K>());
-    const K threshold = scratch[n - 1];
-    int64_t ties = n;
-    for (int64_t j = 0; j < m; ++j) ties -= k[j] > threshold;
-    for (int64_t j = 0; j < m; ++j) {
-      const bool tie = k[j] == threshold && ties > 0;
-      ties -= tie;
-      out[j] = k[j] > threshold || tie;
-    }
-  }
+  for (int64_t g = 0; g < total; g += m) select_large(key + g, m, n, keep + g, scratch);
 }
 
 }  // namespace wgsef::nm
