@@ -33,7 +33,6 @@ TORCH_LIBRARY(wgsef, m) {
   m.def(
       "prox_multi_(Tensor(a!)[] xs, int[] layout, Tensor?[] group_ids, Tensor?[] weights, "
       "int[] k, Tensor lam, Tensor scale, bool shared=False) -> ()");
-
   // N:M sparsity. Groups are runs of m consecutive elements along dim; the mask
   // keeps the n largest |w| of each (NaN largest, ties to the lower index).
   m.def("nm_mask(Tensor w, int n, int m, int dim=-1) -> Tensor");

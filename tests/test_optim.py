@@ -83,13 +83,14 @@ def reference_prox_group(tensors, specs, ks, lams, weights, shared):
 
 
 @pytest.mark.parametrize("shared", [False, True])
-def test_matches_sgd_then_reference_prox(shared):
+@pytest.mark.parametrize("cfg", SGD_CONFIGS[1:])
+def test_matches_sgd_then_reference_prox(shared, cfg):
     model, ref_model = small_model(), small_model()
     convs = [model[0].weight, model[2].weight, model[5].weight]
     ref_convs = [ref_model[0].weight, ref_model[2].weight, ref_model[5].weight]
     specs = ["filters", "channels", ("heads", 3)]
     weights = [None, torch.linspace(0.5, 2.0, 8, dtype=torch.float64), None]
-    lr, lam = 0.05, [6.0, 3.0, 4.0]
+    lr, lam = cfg["lr"], [6.0, 3.0, 4.0]
     k = [3] if shared else [3, 4, 2]
     rest = [p for n, p in model.named_parameters() if n not in ("0.weight", "2.weight", "5.weight")]
     opt = wgsef.ProxSGD(
@@ -98,9 +99,9 @@ def test_matches_sgd_then_reference_prox(shared):
              "lam": lam[0] if shared else lam, "shared_k": shared},
             {"params": rest},
         ],
-        lr=lr, momentum=0.9,
+        **cfg,
     )
-    sgd = torch.optim.SGD(ref_model.parameters(), lr=lr, momentum=0.9)
+    sgd = torch.optim.SGD(ref_model.parameters(), **cfg)
     for step in range(25):
         train(model, opt, 1, step)
         train(ref_model, sgd, 1, step)

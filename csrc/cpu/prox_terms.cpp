@@ -1,0 +1,95 @@
+#include "prox_terms.h"
+
+#include "wgsef/threshold.h"
+
+namespace wgsef::cpu {
+
+TermMember make_term_member(const char* op, const at::Tensor& data, int64_t i,
+                            at::IntArrayRef layout,
+                            const c10::List<std::optional<at::Tensor>>& group_ids,
+                            const c10::List<std::optional<at::Tensor>>& weights) {
+  check_floating_x(op, data);
+  const std::optional<at::Tensor> ids =
+      group_ids.empty() ? std::nullopt : static_cast<std::optional<at::Tensor>>(group_ids.get(i));
+  const int64_t outer = layout[3 * i], groups = layout[3 * i + 1], inner = layout[3 * i + 2];
+  TermMember m;
+  m.data = data;
+  if (ids.has_value()) {
+    m.groups = check_group_args(op, data, ids, groups);
+  } else {
+    TORCH_CHECK_VALUE(outer >= 0 && groups >= 0 && inner >= 0 && outer * groups * inner == data.numel(),
+                      "wgsef.", op, ": layout (", outer, ", ", groups, ", ", inner, ") of tensor ",
+                      i, " does not cover its ", data.numel(), " elements");
+    m.groups = check_group_args(op, data.view({outer, groups, inner}), std::nullopt, -1);
+  }
+  if (!weights.empty()) attach_weights(op, m.groups, data, weights.get(i));
+  return m;
+}
+
+void check_term_lists(const char* op, int64_t n, at::IntArrayRef layout,
+                      const c10::List<std::optional<at::Tensor>>& group_ids,
+                      const c10::List<std::optional<at::Tensor>>& weights, at::IntArrayRef k,
+                      const at::Tensor& lam, const at::Tensor& scale, bool shared) {
+  TORCH_CHECK_VALUE(static_cast<int64_t>(layout.size()) == 3 * n, "wgsef.", op,
+                    ": layout must have 3 entries per tensor (", 3 * n, "), got ", layout.size());
+  TORCH_CHECK_VALUE(group_ids.empty() || static_cast<int64_t>(group_ids.size()) == n, "wgsef.", op,
+                    ": group_ids must be empty or have one entry per tensor");
+  TORCH_CHECK_VALUE(weights.empty() || static_cast<int64_t>(weights.size()) == n, "wgsef.", op,
+                    ": weights must be empty or have one entry per tensor");
+  const int64_t terms = shared ? 1 : n;
+  TORCH_CHECK_VALUE(static_cast<int64_t>(k.size()) == terms, "wgsef.", op, ": k must have ", terms,
+                    " entries (", shared ? "shared budget" : "one per tensor", "), got ", k.size());
+  for (int64_t kk : k) check_k(op, kk);
+  check_lam_tensor(op, scale);
+  TORCH_CHECK_VALUE(lam.dim() <= 1 && (lam.numel() == 1 || lam.numel() == terms), "wgsef.", op,
+                    ": lam must have 1 or ", terms, " entries, got shape ", lam.sizes());
+}
+
+void apply_prox_terms(const char* op, std::vector<TermMember>& members, at::IntArrayRef k,
+                      const at::Tensor& lam, const at::Tensor& scale, bool shared) {
+  const at::Tensor lam_host = lam.to(at::kDouble).contiguous();
+  const double step = scale.item<double>();
+  auto strength = [&](int64_t t) {
+    const double l = step * lam_host.const_data_ptr<double>()[lam.numel() == 1 ? 0 : t];
+    check_lam_value(op, l);
+    return l;
+  };
+  WorkspaceLease ws;
+  if (!shared) {
+    for (size_t i = 0; i < members.size(); ++i) {
+      TermMember& m = members[i];
+      const double* d = host_weights(op, m.groups);
+      std::vector<double> factors(m.sq.size());
+      prox_factors(m.sq.data(), d, m.groups.num_groups, k[i], strength(static_cast<int64_t>(i)),
+                   factors.data(), ws.get());
+      scale_groups(m.data, m.data, m.groups, factors);
+    }
+    return;
+  }
+  if (members.empty()) return;
+  // one term: concatenate the groups of all tensors, search once, scale each slice
+  std::vector<double> sq, d;
+  bool weighted = false;
+  for (const TermMember& m : members) weighted = weighted || m.groups.weights.defined();
+  for (const TermMember& m : members) {
+    sq.insert(sq.end(), m.sq.begin(), m.sq.end());
+    if (!weighted) continue;
+    const double* w = host_weights(op, m.groups);
+    if (w) {
+      d.insert(d.end(), w, w + m.groups.num_groups);
+    } else {
+      d.insert(d.end(), static_cast<size_t>(m.groups.num_groups), 1.0);
+    }
+  }
+  std::vector<double> factors(sq.size());
+  prox_factors(sq.data(), weighted ? d.data() : nullptr, static_cast<int64_t>(sq.size()), k[0],
+               strength(0), factors.data(), ws.get());
+  size_t offset = 0;
+  for (TermMember& m : members) {
+    const std::vector<double> slice(factors.begin() + offset, factors.begin() + offset + m.sq.size());
+    scale_groups(m.data, m.data, m.groups, slice);
+    offset += m.sq.size();
+  }
+}
+
+}  // namespace wgsef::cpu
