@@ -52,10 +52,16 @@ std::vector<double> group_sq_norms(const at::Tensor& x, const GroupArgs& g) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "group_sq_norms", [&] {
     const scalar_t* px = x.const_data_ptr<scalar_t>();
     const auto run_sq = [px](int64_t begin, int64_t len) { return sum_squares(px + begin, len); };
+    const auto row_sq = [px](int64_t begin, int64_t len, double* acc) {
+      for (int64_t j = 0; j < len; ++j) {
+        const double v = static_cast<double>(px[begin + j]);
+        acc[j] += v * v;
+      }
+    };
     if (g.group_ids.defined()) {
       id_group_sums(g.group_ids.const_data_ptr<int64_t>(), x.numel(), g.num_groups, out.data(), run_sq);
     } else {
-      strided_group_sums(g.outer, g.num_groups, g.inner, out.data(), run_sq);
+      strided_group_sums(g.outer, g.num_groups, g.inner, out.data(), run_sq, row_sq);
     }
   });
   return out;
