@@ -76,7 +76,8 @@ def group_norms(x: torch.Tensor, groups: GroupSpec = "filters") -> torch.Tensor:
 
     Returns:
         1-D tensor of length m (number of groups), in group order; float32 for
-        16-bit inputs, else x's dtype. Accumulated in float64. O(n) time.
+        16-bit inputs, else x's dtype. Blocks of 256 squares are summed in float
+        lanes (float64 for float64 inputs), the blocks in float64. O(n) time.
     """
     view, layout, _ = _resolve(x, groups, None)
     return ops.group_norms(view, layout.group_ids, layout.num_groups)
@@ -104,7 +105,7 @@ def value(
         0-dim tensor of x's dtype. Differentiable in x: the gradient is the
         subgradient ``d_i * x_{G_i} / u_i`` at the optimal ``u`` (0 on zero groups).
 
-    Cost: one read of x (float64 accumulation) and a worst-case O(m) search.
+    Cost: one read of x and a worst-case O(m) search in float64.
     """
     _check_k(k)
     view, layout, weights = _resolve(x, groups, weights)
