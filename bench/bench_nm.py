@@ -12,15 +12,12 @@ Writes bench/results/nm_cpu.{csv,md}.
 from __future__ import annotations
 
 import argparse
-import csv
-from pathlib import Path
 
 import torch
+from common import header, write_results
 from torch.utils.benchmark import Timer
 
 import wgsef
-
-from bench_prox import header
 
 PATTERNS = [(2, 4), (1, 8), (1, 32), (16, 512)]
 
@@ -68,23 +65,12 @@ def main() -> None:
             print(f"{row['shape']} {row['pattern']:>6}: nm_mask {row['nm_mask_ms']:.1f} ms, topk+scatter "
                   f"{row['topk_scatter_ms']:.1f} ms ({row['speedup_vs_topk']:.1f}x), mask+apply "
                   f"{row['mask_apply_ms']:.1f} ms = {row['apply_over_clone']:.2f}x clone ({row['clone_ms']:.1f} ms)")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    meta = header()
-    with open(out / "nm_cpu.csv", "w", newline="") as f:
-        for key, val in meta.items():
-            f.write(f"# {key}: {val}\n")
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    lines = [" | ".join(f"{k}: {v}" for k, v in meta.items()), "",
-             "| tensor | N:M | nm_mask ms | topk+scatter ms | speedup | mask+apply ms | clone ms | mask+apply / clone |",
-             "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['shape']} | {r['pattern']} | {r['nm_mask_ms']:.1f} | {r['topk_scatter_ms']:.1f} | "
+    table = ["| tensor | N:M | nm_mask ms | topk+scatter ms | speedup | mask+apply ms | clone ms | "
+             "mask+apply / clone |", "|---|---|---|---|---|---|---|---|"]
+    table += [f"| {r['shape']} | {r['pattern']} | {r['nm_mask_ms']:.1f} | {r['topk_scatter_ms']:.1f} | "
               f"{r['speedup_vs_topk']:.1f}x | {r['mask_apply_ms']:.1f} | {r['clone_ms']:.1f} | "
               f"{r['apply_over_clone']:.2f} |" for r in rows]
-    (out / "nm_cpu.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {out / 'nm_cpu.csv'} and {out / 'nm_cpu.md'}")
+    write_results(args.out, "nm_cpu", header(), rows, table)
 
 
 if __name__ == "__main__":

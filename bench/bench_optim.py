@@ -10,17 +10,14 @@ step. Writes bench/results/optim_cpu.{csv,md}.
 from __future__ import annotations
 
 import argparse
-import csv
 import math
-from pathlib import Path
 
 import torch
+from common import header, write_results
 from torch.utils.benchmark import Timer
 
 import wgsef
 from wgsef.model_shapes import resnet50
-
-from bench_prox import header
 
 
 def make_params(seed: int = 0) -> list[torch.nn.Parameter]:
@@ -79,22 +76,12 @@ def main() -> None:
         r["ratio_to_sgd"] = r["median_ms"] / base
         print(f"  {r['optimizer']}: {r['ratio_to_sgd']:.2f}x SGD")
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     meta = header()
     meta["workload"] = f"ResNet-50 conv weights, 53 tensors, {n_params} float32 params, filter groups"
-    with open(out / "optim_cpu.csv", "w", newline="") as f:
-        for key, val in meta.items():
-            f.write(f"# {key}: {val}\n")
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    lines = [" | ".join(f"{k}: {v}" for k, v in meta.items()), "",
-             "| optimizer | median ms | p20 ms | p80 ms | / SGD |", "|---|---|---|---|---|"]
-    lines += [f"| {r['optimizer']} | {r['median_ms']:.2f} | {r['p20_ms']:.2f} | {r['p80_ms']:.2f} | "
+    table = ["| optimizer | median ms | p20 ms | p80 ms | / SGD |", "|---|---|---|---|---|"]
+    table += [f"| {r['optimizer']} | {r['median_ms']:.2f} | {r['p20_ms']:.2f} | {r['p80_ms']:.2f} | "
               f"{r['ratio_to_sgd']:.2f} |" for r in rows]
-    (out / "optim_cpu.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {out / 'optim_cpu.csv'} and {out / 'optim_cpu.md'}")
+    write_results(args.out, "optim_cpu", meta, rows, table)
 
 
 if __name__ == "__main__":

@@ -11,13 +11,9 @@ machines are noisy, and every ratio is measured in the same run.
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime
-import platform
-import subprocess
-from pathlib import Path
 
 import torch
+from common import header, write_results
 from torch.utils.benchmark import Timer
 
 import wgsef
@@ -40,24 +36,6 @@ def measure(stmt: str, x: torch.Tensor, k: int, min_run_time: float):
     )
     m = timer.blocked_autorange(min_run_time=min_run_time)
     return m.median, m.iqr
-
-
-def header() -> dict[str, str]:
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    return {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "machine": f"{platform.node()} {platform.machine()} {platform.processor() or ''}".strip(),
-        "device": "cpu",
-        "torch": torch.__version__,
-        "wgsef": wgsef.__version__,
-        "threads": str(torch.get_num_threads()),
-        "commit": commit,
-    }
 
 
 def main() -> None:
@@ -89,26 +67,15 @@ def main() -> None:
         print(f"{sweep:>8} {x_value:>9} shape={shape}: " + ", ".join(
             f"{name} {med * 1e9 / n:.2f} ns/el" for name, (med, _) in result.items()))
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    meta = header()
-    with open(out / "prox_cpu.csv", "w", newline="") as f:
-        for key, val in meta.items():
-            f.write(f"# {key}: {val}\n")
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    lines = [" | ".join(f"{k}: {v}" for k, v in meta.items()), ""]
-    lines.append("| sweep | n | groups | op | median ms | IQR ms | ns/element | / clone | / mul_ |")
-    lines.append("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        lines.append(
-            f"| {r['sweep']} | {r['shape']} | {r['groups']} | {r['op']} | {r['median_ms']:.3f} | "
-            f"{r['iqr_ms']:.3f} | {r['ns_per_element']:.2f} | {r['ratio_to_clone']:.2f} | "
-            f"{r['ratio_to_mul_']:.2f} |"
-        )
-    (out / "prox_cpu.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {out / 'prox_cpu.csv'} and {out / 'prox_cpu.md'}")
+    table = ["| sweep | n | groups | op | median ms | IQR ms | ns/element | / clone | / mul_ |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    table += [
+        f"| {r['sweep']} | {r['shape']} | {r['groups']} | {r['op']} | {r['median_ms']:.3f} | "
+        f"{r['iqr_ms']:.3f} | {r['ns_per_element']:.2f} | {r['ratio_to_clone']:.2f} | "
+        f"{r['ratio_to_mul_']:.2f} |"
+        for r in rows
+    ]
+    write_results(args.out, "prox_cpu", header(), rows, table)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <type_traits>
 
 namespace wgsef::nm {
 
@@ -29,28 +30,45 @@ inline uint64_t rank_key(double v) {
   return b < 0x7FF0000000000000ull ? b : 0x7FF0000000000000ull;
 }
 
-// Rank form for a compile-time group size: keep j when fewer than n keys rank
-// before it, rank_j = #{i < j : key_i >= key_j} + #{i > j : key_i > key_j}.
-// Branch-free and fully unrolled: no data-dependent branches to mispredict.
-template <int M, typename K>
-inline void rank_select(const K* key, int64_t n, uint8_t* keep) {
-  for (int j = 0; j < M; ++j) {
-    int rank = 0;
-    for (int i = 0; i < M; ++i) rank += i < j ? key[i] >= key[j] : (i > j ? key[i] > key[j] : 0);
+// Groups up to this size use the rank form; larger ones select_large.
+constexpr int64_t kRankFormMaxM = 16;
+
+// Rank form: keep j when fewer than n keys rank before it,
+// rank_j = #{i < j : key_i >= key_j} + #{i > j : key_i > key_j}. Branch-free, so
+// nothing mispredicts; O(m^2), for small groups.
+template <typename K>
+inline void rank_select(const K* key, int64_t m, int64_t n, uint8_t* keep) {
+  for (int64_t j = 0; j < m; ++j) {
+    int64_t rank = 0;
+    for (int64_t i = 0; i < m; ++i) rank += i < j ? key[i] >= key[j] : (i > j ? key[i] > key[j] : 0);
     keep[j] = rank < n;
   }
 }
 
-// The first maximum of a compile-time group size, without branches.
-template <int M, typename K>
-inline void first_max(const K* key, uint8_t* keep) {
+// The first maximum of a group, without branches.
+template <typename K>
+inline void first_max(const K* key, int64_t m, uint8_t* keep) {
   K best = 0;
-  for (int j = 0; j < M; ++j) best = std::max(best, key[j]);
+  for (int64_t j = 0; j < m; ++j) best = std::max(best, key[j]);
   uint8_t seen = 0;
-  for (int j = 0; j < M; ++j) {
+  for (int64_t j = 0; j < m; ++j) {
     const uint8_t hit = key[j] == best;
     keep[j] = hit & !seen;
     seen |= hit;
+  }
+}
+
+// Calls f(std::integral_constant<int64_t, M>{}) when m is one of the common
+// group sizes, so that the loops inside f unroll for a constant M; returns
+// whether it did.
+template <typename F>
+inline bool with_constant_m(int64_t m, F&& f) {
+  switch (m) {
+    case 4: f(std::integral_constant<int64_t, 4>{}); return true;
+    case 8: f(std::integral_constant<int64_t, 8>{}); return true;
+    case 16: f(std::integral_constant<int64_t, 16>{}); return true;
+    case 32: f(std::integral_constant<int64_t, 32>{}); return true;
+    default: return false;
   }
 }
 
@@ -102,46 +120,18 @@ inline void select_top_n(const K* key, int64_t groups, int64_t m, int64_t n, uin
     return;
   }
   if (n == 1) {  // the first maximum of each group
-    switch (m) {
-      case 4:
-        for (int64_t g = 0; g < total; g += 4) first_max<4>(key + g, keep + g);
-        return;
-      case 8:
-        for (int64_t g = 0; g < total; g += 8) first_max<8>(key + g, keep + g);
-        return;
-      case 16:
-        for (int64_t g = 0; g < total; g += 16) first_max<16>(key + g, keep + g);
-        return;
-      case 32:
-        for (int64_t g = 0; g < total; g += 32) first_max<32>(key + g, keep + g);
-        return;
-      default:
-        break;
-    }
-    for (int64_t g = 0; g < total; g += m) {
-      K best = 0;
-      for (int64_t j = 0; j < m; ++j) best = std::max(best, key[g + j]);
-      uint8_t seen = 0;
-      for (int64_t j = 0; j < m; ++j) {
-        const uint8_t hit = key[g + j] == best;
-        keep[g + j] = hit & !seen;
-        seen |= hit;
-      }
-    }
+    const auto first_maxima = [&](auto M) {
+      for (int64_t g = 0; g < total; g += M) first_max(key + g, M, keep + g);
+    };
+    if (!with_constant_m(m, first_maxima)) first_maxima(m);
     return;
   }
-  switch (m) {
-    case 4:
-      for (int64_t g = 0; g < total; g += 4) rank_select<4>(key + g, n, keep + g);
-      return;
-    case 8:
-      for (int64_t g = 0; g < total; g += 8) rank_select<8>(key + g, n, keep + g);
-      return;
-    case 16:
-      for (int64_t g = 0; g < total; g += 16) rank_select<16>(key + g, n, keep + g);
-      return;
-    default:
-      break;
+  if (m <= kRankFormMaxM) {
+    const auto ranks = [&](auto M) {
+      for (int64_t g = 0; g < total; g += M) rank_select(key + g, M, n, keep + g);
+    };
+    if (!with_constant_m(m, ranks)) ranks(m);
+    return;
   }
   for (int64_t g = 0; g < total; g += m) select_large(key + g, m, n, keep + g, scratch);
 }

@@ -1,0 +1,49 @@
+"""What every benchmark script shares: the run header and the result files."""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+import wgsef
+
+
+def header() -> dict[str, str]:
+    """Machine, versions, thread count and git commit of this run."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "machine": f"{platform.node()} {platform.machine()}",
+        "device": device,
+        "torch": torch.__version__,
+        "wgsef": wgsef.__version__,
+        "threads": str(torch.get_num_threads()),
+        "commit": commit,
+    }
+
+
+def write_results(out: str | Path, name: str, meta: dict[str, str], rows: list[dict],
+                  table: list[str]) -> None:
+    """Writes <out>/<name>.csv (header lines, then the rows) and <name>.md (header, table)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / f"{name}.csv", "w", newline="") as f:
+        for key, val in meta.items():
+            f.write(f"# {key}: {val}\n")
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = [" | ".join(f"{k}: {v}" for k, v in meta.items()), "", *table]
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {out / name}.csv and {out / name}.md")
