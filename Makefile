@@ -23,7 +23,7 @@ $(BUILT): $(DEPS) $(SOURCES)
 	touch $@
 
 demo: install
-	$(BIN)/python -m wgsef
+	$(BIN)/wgsef demo
 
 test: install
 	$(BIN)/python -m pytest -q

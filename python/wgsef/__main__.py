@@ -1,10 +1,14 @@
-"""``python -m wgsef``: one WGSEF prox step on every weight of a ResNet-50-shaped
-network (random Kaiming-scaled weights), printing the groups kept per layer."""
+"""The ``wgsef`` command (also ``python -m wgsef``).
+
+``wgsef demo`` (the default): train to k-level structured sparsity, compact and
+measure (see :mod:`wgsef.demo`). ``wgsef layers``: one WGSEF prox step on every
+weight of a ResNet-50-shaped network, printing the groups kept per layer."""
 
 from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 
 import torch
@@ -13,8 +17,8 @@ import wgsef
 from wgsef.model_shapes import resnet50
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m wgsef", description=__doc__)
+def layers(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="wgsef layers", description="one WGSEF prox step per ResNet-50 layer")
     parser.add_argument("--keep", type=float, default=0.25, help="kept fraction of filters per layer (k)")
     parser.add_argument("--lam", type=float, nargs="+", default=[0.01, 0.1, 1.0, 10.0],
                         help="prox strengths to compare (step size x regularization weight)")
@@ -56,5 +60,19 @@ def main(argv: list[str] | None = None) -> None:
     )
 
 
+def cli(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    command = argv[0] if argv and not argv[0].startswith("-") else "demo"
+    rest = argv[1:] if argv and not argv[0].startswith("-") else argv
+    if command == "layers":
+        layers(rest)
+    elif command == "demo":
+        from .demo import main as demo
+
+        demo(rest)
+    else:
+        raise SystemExit(f"wgsef: unknown command {command!r}; expected demo or layers")
+
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -268,7 +268,8 @@ class ProxSGD(Optimizer):
             if group["momentum"] != 0:
                 for p, buf in zip(params, bufs):
                     self.state[p]["momentum_buffer"] = buf
-            if self._regularized(group):
+            frozen = group["k"] is not None and "support_mask" in self.state[group["params"][0]]
+            if frozen or self._regularized(group):
                 self._proximal_step(group, with_grad=[p.grad is not None for p in group["params"]])
         return loss
 

@@ -1,0 +1,79 @@
+"""The end-to-end demo in miniature, and compaction on its own."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from wgsef.compact import compact, count_flops, count_params
+from wgsef.demo import lenet, main as demo_main
+
+
+def test_compact_removes_zero_filters_and_keeps_outputs():
+    torch.manual_seed(0)
+    model = lenet()
+    x = torch.rand(32, 1, 8, 8)
+    model.train()
+    for _ in range(3):  # non-trivial batch-norm statistics
+        model(x)
+    with torch.no_grad():
+        model[0].weight[[1, 5, 6]] = 0  # conv1 filters -> constants through BN + ReLU
+        model[3].weight[::3] = 0  # conv2
+        model[7].weight[10:40] = 0  # conv3 -> Flatten -> Linear
+        model[11].weight[[0, 7]] = 0  # fc1 rows -> constants ReLU(bias)
+    model.eval()
+    small = compact(model, x[:2])
+    assert small[0].out_channels == 13 and small[1].num_features == 13
+    assert small[3].in_channels == 13 and small[3].out_channels == 21
+    assert small[7].in_channels == 21 and small[7].out_channels == 34
+    assert small[11].in_features == 34 and small[11].out_features == 126
+    assert small[13].in_features == 126
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), model(x), rtol=1e-5, atol=1e-5)
+    assert count_params(small) < count_params(model)
+    assert count_flops(small, x) < count_flops(model, x)
+
+
+def test_compact_keeps_padded_channels_with_nonzero_constants():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 3, padding=1))
+    with torch.no_grad():
+        model[0].weight[1] = 0
+        model[0].bias[1] = 0.5  # constant 0.5 map: cannot fold into a padded conv exactly
+        model[0].weight[2] = 0
+        model[0].bias[2] = -1.0  # ReLU makes it exactly 0: removable
+    small = compact(model, torch.rand(1, 1, 6, 6))
+    assert small[0].out_channels == 3
+    x = torch.rand(5, 1, 6, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), model(x))
+    with pytest.raises(TypeError, match="expected an nn.Sequential"):
+        compact(nn.Linear(2, 2), torch.rand(1, 2))
+
+
+@pytest.mark.parametrize("dataset", ["digits", "synthetic"])
+def test_tiny_demo_keeps_k_groups_and_compacts_exactly(tmp_path, dataset):
+    args = ["--dataset", dataset, "--epochs", "4", "--keep", "0.5", "--quiet", "--out", str(tmp_path)]
+    res = demo_main(args)
+    s = res["structured"]
+    for layer in s["wgsef"]["layers"]:
+        assert layer["groups_kept"] == layer["k"] == layer["groups_total"] // 2
+    assert s["group_lasso"]["groups_kept"] == s["magnitude"]["groups_kept"] == [8, 16, 32, 64]
+    assert s["compacted"]["max_abs_output_difference"] < 1e-4
+    assert s["compacted"]["test_accuracy"] == s["wgsef"]["test_accuracy"]
+    assert s["compacted"]["params"]["compacted"] < s["compacted"]["params"]["dense"]
+    assert res["nm"]["SR-STE"]["valid_nm"] and res["nm"]["MDGF-exponential"]["valid_nm"]
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["structured"]["wgsef"]["layers"] == s["wgsef"]["layers"]
+    if dataset == "digits":
+        assert s["dense"]["test_accuracy"] > 80
+
+
+def test_fixed_seed_gives_the_same_numbers(tmp_path):
+    args = ["--dataset", "synthetic", "--epochs", "2", "--only", "structured", "--quiet"]
+    a = demo_main(args + ["--out", str(tmp_path / "a")])
+    b = demo_main(args + ["--out", str(tmp_path / "b")])
+    for method in ("dense", "wgsef", "group_lasso", "magnitude"):
+        assert a["structured"][method]["test_accuracy"] == b["structured"][method]["test_accuracy"]
+    assert a["structured"]["wgsef"]["history"] == b["structured"]["wgsef"]["history"]
