@@ -23,7 +23,7 @@ $(BUILT): $(DEPS) $(SOURCES)
 	touch $@
 
 demo: install
-	$(BIN)/wgsef demo
+	$(BIN)/wgsef demo --plot
 
 test: install
 	$(BIN)/python -m pytest -q

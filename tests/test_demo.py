@@ -54,7 +54,7 @@ def test_compact_keeps_padded_channels_with_nonzero_constants():
 
 @pytest.mark.parametrize("dataset", ["digits", "synthetic"])
 def test_tiny_demo_keeps_k_groups_and_compacts_exactly(tmp_path, dataset):
-    args = ["--dataset", dataset, "--epochs", "4", "--keep", "0.5", "--quiet", "--out", str(tmp_path)]
+    args = ["--dataset", dataset, "--epochs", "4", "--keep", "0.5", "--quiet", "--plot", "--out", str(tmp_path)]
     res = demo_main(args)
     s = res["structured"]
     for layer in s["wgsef"]["layers"]:
@@ -66,6 +66,9 @@ def test_tiny_demo_keeps_k_groups_and_compacts_exactly(tmp_path, dataset):
     assert res["nm"]["SR-STE"]["valid_nm"] and res["nm"]["MDGF-exponential"]["valid_nm"]
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["structured"]["wgsef"]["layers"] == s["wgsef"]["layers"]
+    assert [h["epoch"] for h in s["wgsef"]["history"]] == [0, 1, 2, 3, 4]
+    assert s["wgsef"]["history"][-1]["groups_kept"] == [8, 16, 32, 64]
+    assert (tmp_path / "history.png").read_bytes()[:4] == b"\x89PNG"
     if dataset == "digits":
         assert s["dense"]["test_accuracy"] > 80
 
@@ -77,3 +80,28 @@ def test_fixed_seed_gives_the_same_numbers(tmp_path):
     for method in ("dense", "wgsef", "group_lasso", "magnitude"):
         assert a["structured"][method]["test_accuracy"] == b["structured"][method]["test_accuracy"]
     assert a["structured"]["wgsef"]["history"] == b["structured"]["wgsef"]["history"]
+
+
+def test_compact_inside_residual_blocks():
+    torch.manual_seed(0)
+    from wgsef.compact import Residual
+
+    def block(c):
+        return Residual(nn.Sequential(nn.Conv2d(c, 12, 3, padding=1, bias=False), nn.BatchNorm2d(12), nn.ReLU(),
+                                      nn.Conv2d(12, c, 1, bias=False), nn.BatchNorm2d(c)))
+
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                          block(8), nn.ReLU(), block(8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+    x = torch.rand(16, 1, 6, 6)
+    model.train()
+    model(x)
+    with torch.no_grad():
+        model[3].body[0].weight[[0, 4, 5]] = 0  # inner channels: removable (next conv is 1x1, unpadded)
+        model[5].body[0].weight[[2]] = 0
+    model.eval()
+    small = compact(model, x[:2])
+    assert small[3].body[0].out_channels == 9 and small[3].body[3].in_channels == 9
+    assert small[5].body[0].out_channels == 11
+    assert small[3].body[3].out_channels == 8  # coupled to the shortcut: kept
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), model(x), rtol=1e-5, atol=1e-5)

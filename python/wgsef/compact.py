@@ -9,7 +9,12 @@ batch-norm entries and the matching input channels of the next layer; its
 constant contribution is folded into the next layer's bias, which is exact when
 the next layer is a ``Linear`` or a ``Conv2d`` without padding (with zero padding
 the constant would reach the borders only partially, so such a channel is kept
-unless its constant is exactly zero). Residual blocks are out of scope.
+unless its constant is exactly zero).
+
+Residual blocks are written as :class:`Residual` (``body(x) + shortcut(x)``). Their
+output channels are coupled to the block's input and to every other block on the
+same path, so they stay; the channels inside the body (all its producers but the
+last) are compacted like any chain.
 """
 
 from __future__ import annotations
@@ -19,7 +24,19 @@ import copy
 import torch
 from torch import nn
 
-__all__ = ["compact", "count_flops", "count_params"]
+__all__ = ["Residual", "compact", "count_flops", "count_params"]
+
+
+class Residual(nn.Module):
+    """``body(x) + shortcut(x)`` (identity shortcut when ``shortcut`` is None)."""
+
+    def __init__(self, body: nn.Sequential, shortcut: nn.Module | None = None) -> None:
+        super().__init__()
+        self.body = body
+        self.shortcut = shortcut if shortcut is not None else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x) + self.shortcut(x)
 
 _PASS_THROUGH = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid,
                  nn.Identity, nn.Dropout, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)
@@ -62,10 +79,12 @@ def compact(model: nn.Sequential, example_input: torch.Tensor) -> nn.Sequential:
     was_training = model.training
     model.eval()
     layers = [copy.deepcopy(m) for m in model]
-    # spatial size entering each layer, for Flatten
+    # the activation entering each layer: its shape for Flatten, itself for blocks
     shapes, x = [], example_input
-    for layer in model:
+    for j, layer in enumerate(model):
         shapes.append(tuple(x.shape[1:]))
+        if isinstance(layer, Residual):
+            layers[j] = Residual(compact(layer.body, x), copy.deepcopy(layer.shortcut))
         x = layer(x)
     model.train(was_training)
 

@@ -169,6 +169,7 @@ def run_structured(args, data) -> dict[str, Any]:
             opt.freeze_support()
 
     train(sparse, opt, data, epochs, args.seed, "WGSEF (ProxSGD)", args.quiet, epoch_hook=record)
+    record(epochs + 1)
     report = sparsity_report(opt)
     results["wgsef"] = {
         "test_accuracy": accuracy(sparse, x_test, y_test),
@@ -281,6 +282,35 @@ def print_report(res: dict[str, Any], keep: float) -> None:
             print(f"  {label:<28}{r['test_accuracy']:>8.1f}%{valid}")
 
 
+def plot_history(res: dict[str, Any], path: Path) -> bool:
+    """Test accuracy and active groups per layer over the WGSEF run's epochs, as a
+    PNG; returns False when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    history = res["structured"]["wgsef"]["history"]
+    layers = res["structured"]["wgsef"]["layers"]
+    epochs = [h["epoch"] for h in history]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    top.plot(epochs, [h["test_accuracy"] for h in history], marker="o")
+    top.set_ylabel("test accuracy (%)")
+    top.set_title("WGSEF training: accuracy and active groups per layer")
+    for i, layer in enumerate(layers):
+        bottom.plot(epochs, [100 * h["groups_kept"][i] / layer["groups_total"] for h in history],
+                    marker=".", label=f"{layer['name']} (k = {layer['k']})")
+    bottom.set_ylabel("groups kept (% of layer)")
+    bottom.set_xlabel("epoch")
+    bottom.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="wgsef demo", description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="digits", choices=["digits", "synthetic"])
@@ -294,6 +324,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="wgsef-demo", help="folder for report.json")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--plot", action="store_true",
+                        help="also write history.png (needs matplotlib)")
     args = parser.parse_args(argv)
     if not 0 < args.keep <= 1:
         parser.error("--keep must lie in (0, 1]")
@@ -311,4 +343,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(res, indent=2))
     print(f"\nwrote {out / 'report.json'} ({res['seconds']:.0f} s)")
+    if args.plot and "structured" in res:
+        if plot_history(res, out / "history.png"):
+            print(f"wrote {out / 'history.png'}")
+        else:
+            print("--plot: matplotlib is not installed (pip install matplotlib); no plot written")
     return res
