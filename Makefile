@@ -31,8 +31,9 @@ test: install
 test-all: install
 	$(BIN)/python -m pytest -q -m ''
 
+# the benchmark suite; BENCH_ARGS=--quick for the ~1 minute subset
 bench: install
-	$(BIN)/python bench/bench_prox.py $(BENCH_ARGS)
+	$(BIN)/python bench/suite.py $(BENCH_ARGS)
 
 clean:
 	rm -rf build $(VENV)
