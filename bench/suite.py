@@ -228,8 +228,8 @@ def report(s: Suite, out: str, device: torch.device) -> None:
             + (f"{base['median_ms']:.3f} | {base['median_ms'] / ours['median_ms']:.1f}x | " if base else "- | - | ")
             + (f"{floor_name} | {floor['median_ms']:.3f} | {ours['median_ms'] / floor['median_ms']:.2f} |"
                if floor else "- | - | - |"))
-    fields = sorted({key for r in s.rows for key in r}, key=lambda k: list(s.rows[0]).index(k)
-                    if k in s.rows[0] else 99)
+    fields = list(s.rows[0])
+    fields += sorted({key for r in s.rows for key in r} - set(fields))
     rows = [{f: r.get(f, "") for f in fields} for r in s.rows]
     name = f"suite_{device.type}"
     write_results(out, name, meta, rows, table)
