@@ -14,23 +14,12 @@ from __future__ import annotations
 import argparse
 
 import torch
-from common import header, write_results
-from torch.utils.benchmark import Timer
+from baselines import nm_mask_topk
+from common import header, timed, write_results
 
 import wgsef
 
 PATTERNS = [(2, 4), (1, 8), (1, 32), (16, 512)]
-
-
-def topk_mask(w: torch.Tensor, n: int, m: int) -> torch.Tensor:
-    groups = w.abs().reshape(-1, m)
-    index = groups.topk(n, dim=1).indices
-    return torch.zeros_like(groups, dtype=torch.bool).scatter_(1, index, True).view_as(w)
-
-
-def time_it(stmt: str, env: dict, min_run: float) -> tuple[float, float]:
-    m = Timer(stmt, globals=env, num_threads=torch.get_num_threads()).blocked_autorange(min_run_time=min_run)
-    return m.median, m.iqr
 
 
 def main() -> None:
@@ -44,16 +33,15 @@ def main() -> None:
     for shape in shapes:
         w = torch.randn(shape)
         zero = torch.tensor(0.0)
-        clone = time_it("w.clone()", {"w": w}, min_run)
+        clone = timed(lambda: w.clone(), min_run)
         for n, m in PATTERNS:
             # the same kept values per group (topk breaks ties in |w| its own way)
             kept = [torch.sort((w.abs() * mk).view(-1, m), dim=1).values
-                    for mk in (wgsef.nm_mask(w, n, m), topk_mask(w, n, m))]
+                    for mk in (wgsef.nm_mask(w, n, m), nm_mask_topk(w, n, m))]
             assert torch.equal(kept[0], kept[1]), "nm_mask disagrees with topk"
-            env = {"w": w, "n": n, "m": m, "wgsef": wgsef, "topk_mask": topk_mask, "zero": zero}
-            mask_t = time_it("wgsef.nm_mask(w, n, m)", env, min_run)
-            naive_t = time_it("topk_mask(w, n, m)", env, min_run)
-            apply_t = time_it("wgsef.nm_decay(w, n, m, zero)", env, min_run)
+            mask_t = timed(lambda: wgsef.nm_mask(w, n, m), min_run)
+            naive_t = timed(lambda: nm_mask_topk(w, n, m), min_run)
+            apply_t = timed(lambda: wgsef.nm_decay(w, n, m, zero), min_run)
             row = {
                 "shape": "x".join(map(str, shape)), "pattern": f"{n}:{m}",
                 "nm_mask_ms": mask_t[0] * 1e3, "nm_mask_iqr_ms": mask_t[1] * 1e3,

@@ -13,8 +13,7 @@ import argparse
 import math
 
 import torch
-from common import header, write_results
-from torch.utils.benchmark import Timer
+from common import header, timed, write_results
 
 import wgsef
 from wgsef.model_shapes import resnet50
@@ -38,7 +37,6 @@ def main() -> None:
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args()
     min_run = 0.3 if args.quick else 0.5
-    threads = torch.get_num_threads()
 
     cases = {
         "torch.optim.SGD(momentum=0.9, foreach=True)": lambda ps: torch.optim.SGD(
@@ -62,9 +60,7 @@ def main() -> None:
     samples: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(rounds):
         for name, opt in optimizers.items():
-            m = Timer("opt.step()", globals={"opt": opt}, num_threads=threads).blocked_autorange(
-                min_run_time=min_run)
-            samples[name].append(m.median)
+            samples[name].append(timed(opt.step, min_run)[0])
     rows = []
     for name, times in samples.items():
         t = torch.tensor(times)

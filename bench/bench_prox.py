@@ -13,29 +13,19 @@ from __future__ import annotations
 import argparse
 
 import torch
-from common import header, write_results
-from torch.utils.benchmark import Timer
+from common import header, timed, write_results
 
 import wgsef
 
-CASES = {
-    "clone": "x.clone()",
-    "mul_": "x.mul_(1.0)",
-    "value": "wgsef.value(x, k, 'filters')",
-    "prox": "wgsef.prox(x, k, lam, 'filters')",
-    "prox_": "wgsef.prox_(x, k, lam, 'filters')",
-}
-
-
-def measure(stmt: str, x: torch.Tensor, k: int, min_run_time: float):
+def cases(x: torch.Tensor, k: int) -> dict:
     lam = torch.tensor(1e-3)
-    timer = Timer(
-        stmt,
-        globals={"x": x, "k": k, "lam": lam, "wgsef": wgsef},
-        num_threads=torch.get_num_threads(),
-    )
-    m = timer.blocked_autorange(min_run_time=min_run_time)
-    return m.median, m.iqr
+    return {
+        "clone": lambda: x.clone(),
+        "mul_": lambda: x.mul_(1.0),
+        "value": lambda: wgsef.value(x, k, "filters"),
+        "prox": lambda: wgsef.prox(x, k, lam, "filters"),
+        "prox_": lambda: wgsef.prox_(x, k, lam, "filters"),
+    }
 
 
 def main() -> None:
@@ -55,7 +45,7 @@ def main() -> None:
         x = torch.randn(shape)
         n, m = x.numel(), shape[0]
         k = max(1, m // 4)
-        result = {name: measure(stmt, x, k, min_run) for name, stmt in CASES.items()}
+        result = {name: timed(fn, min_run) for name, fn in cases(x, k).items()}
         for name, (median, iqr) in result.items():
             rows.append({
                 "sweep": sweep, "x_value": x_value, "shape": "x".join(map(str, shape)),

@@ -9,8 +9,16 @@ import subprocess
 from pathlib import Path
 
 import torch
+from torch.utils.benchmark import Timer
 
 import wgsef
+
+
+def timed(fn, min_run: float) -> tuple[float, float]:
+    """(median, interquartile range) in seconds of calling fn, with every thread."""
+    m = Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()).blocked_autorange(
+        min_run_time=min_run)
+    return m.median, m.iqr
 
 
 def header() -> dict[str, str]:

@@ -20,20 +20,13 @@ from collections.abc import Callable
 
 import baselines as torch_ops
 import torch
-from common import header, write_results
+from common import header, timed, write_results
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.benchmark import Timer
 
 import wgsef
 from wgsef.model_shapes import MODELS
 
 LAM = 1e-3  # prox strength lr * lambda of a typical training step
-
-
-def timed(fn: Callable[[], object], min_run: float) -> tuple[float, float]:
-    m = Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()).blocked_autorange(
-        min_run_time=min_run)
-    return m.median, m.iqr
 
 
 class AllocatedBytes(TorchDispatchMode):
