@@ -267,3 +267,33 @@ def test_prox_is_not_differentiable():
     norms = wgsef.group_norms(x)
     with pytest.raises(RuntimeError, match="derivative for wgsef::group_norms is not implemented"):
         norms.sum().backward()
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_prox_multi_matches_reference(shared):
+    # a filter-grouped tensor, an id-grouped one (with an empty group) and a
+    # channel-grouped one with weights, as one optimizer param group
+    a = torch.randn(6, 4, 3, dtype=torch.float64)
+    b = torch.randn(5, 8, dtype=torch.float64)
+    ids = torch.randint(0, 7, (5, 8))
+    ids[ids == 3] = 4
+    c = torch.randn(4, 6, dtype=torch.float64)
+    wc = torch.linspace(0.5, 2.0, 6, dtype=torch.float64)
+    tensors = [a.clone(), b.clone(), c.clone()]
+    layout = [1, 6, 12, 0, 7, 0, 4, 6, 1]
+    k = [9] if shared else [2, 3, 1]
+    lam = torch.tensor([0.7] if shared else [0.7, 0.2, 1.5], dtype=torch.float64)
+    scale = torch.tensor(0.5, dtype=torch.float64)
+    torch.ops.wgsef.prox_multi_(tensors, layout, [None, ids, None], [None, None, wc], k, lam, scale, shared)
+    specs = ["filters", ids, "channels"]
+    weights = [np.ones(6), np.ones(7), wc.numpy()]
+    id_lists = [ref.group_ids(tuple(t.shape), s)[0] for t, s in zip((a, b, c), specs)]
+    sqs = [ref.sq_norms(t.numpy(), i, len(w)) for t, i, w in zip((a, b, c), id_lists, weights)]
+    if shared:
+        f = ref.prox_factors(np.concatenate(sqs), np.concatenate(weights), 9, 0.35)
+        factors = np.split(f, np.cumsum([6, 7])[:2])
+    else:
+        factors = [ref.prox_factors(sq, w, kk, 0.5 * l) for sq, w, kk, l in zip(sqs, weights, k, lam.tolist())]
+    for got, orig, i, f in zip(tensors, (a, b, c), id_lists, factors):
+        expect = (orig.numpy().reshape(-1) * f[i]).reshape(orig.shape)
+        torch.testing.assert_close(got, torch.from_numpy(expect), rtol=1e-10, atol=1e-12)
