@@ -279,7 +279,7 @@ def test_training_through_all_phases_gives_a_valid_nm_model(method):
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     sparsifier.attach(opt)
     phases, losses = [], []
-    for step in range(total):
+    for _ in range(total):
         phases.append(sparsifier.current.phase)
         opt.zero_grad()
         loss = nn.functional.cross_entropy(model(x), y)

@@ -151,7 +151,7 @@ def test_flat_root_snaps_pruned_groups_to_zero():
     # exactly k groups saturate with lam above lambda_crit: the rest must be 0, not ~1e-17
     torch.manual_seed(1)
     failures = 0
-    for trial in range(300):
+    for _ in range(300):
         m, k = int(torch.randint(3, 9, ())), int(torch.randint(1, 3, ()))
         base = torch.rand(m, dtype=torch.float64) + 0.1
         base[torch.randint(0, m, (2,))] = base[0].item()  # ties

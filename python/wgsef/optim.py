@@ -23,8 +23,6 @@ from .groups import GroupSpec, group_layout
 
 __all__ = ["ProxSGD", "regularized_param_groups"]
 
-_REG_KEYS = ("lam", "k", "groups", "weights", "shared_k")
-
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)

@@ -80,6 +80,7 @@ inline bool with_constant_m(int64_t m, F&& f) {
 // holds 3m keys.
 template <typename K>
 inline void select_large(const K* key, int64_t m, int64_t n, uint8_t* keep, K* scratch) {
+  if (m <= 0) return;  // callers never pass it; the guard bounds m for the compiler
   K lower = std::numeric_limits<K>::max();
   for (int64_t b = 0; b < n; ++b) {
     K slice_max = 0;
@@ -114,6 +115,7 @@ inline void select_large(const K* key, int64_t m, int64_t n, uint8_t* keep, K* s
 template <typename K>
 inline void select_top_n(const K* key, int64_t groups, int64_t m, int64_t n, uint8_t* keep,
                          K* scratch) {
+  if (groups <= 0 || m <= 0) return;
   const int64_t total = groups * m;
   if (n >= m || n <= 0) {
     std::fill(keep, keep + total, static_cast<uint8_t>(n > 0));
