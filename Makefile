@@ -8,7 +8,7 @@ DEPS   := $(VENV)/.deps-installed
 BUILT  := $(VENV)/.wgsef-installed
 SOURCES := $(shell find csrc python -type f -not -name '*.pyc') CMakeLists.txt pyproject.toml
 
-.PHONY: install demo test test-all bench clean
+.PHONY: install demo test test-all bench cuda-check clean
 
 install: $(BUILT)
 
@@ -35,5 +35,17 @@ test-all: install
 bench: install
 	$(BIN)/python bench/suite.py $(BENCH_ARGS)
 
+# Compile-only check of the CUDA kernels against a CUDA 13 build of torch, for a
+# machine without a GPU (needs the CUDA toolkit at CUDA_PATH).
+CUDA_VENV ?= .venv-cuda
+CUDA_PATH ?= /usr/local/cuda
+cuda-check:
+	$(PYTHON) -m venv $(CUDA_VENV)
+	$(CUDA_VENV)/bin/pip install -q --no-deps torch==2.14.1
+	$(CUDA_VENV)/bin/pip install -q numpy "scikit-build-core>=0.11" "pybind11>=2.13" "cmake>=3.27" ninja
+	CUDA_PATH=$(CUDA_PATH) TORCH_CUDA_ARCH_LIST=9.0 WGSEF_CUDA=ON $(CUDA_VENV)/bin/pip wheel -q \
+	  --no-build-isolation --no-deps -Cbuild-dir=build/cuda-check -w build/cuda-check/dist .
+	@echo "CUDA kernels compiled and linked for sm_90"
+
 clean:
-	rm -rf build $(VENV)
+	rm -rf build $(VENV) $(CUDA_VENV)

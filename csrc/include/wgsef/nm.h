@@ -11,21 +11,35 @@
 #include <limits>
 #include <type_traits>
 
+#ifdef __CUDACC__
+#define WGSEF_HOST_DEVICE __host__ __device__
+#else
+#define WGSEF_HOST_DEVICE
+#endif
+
 namespace wgsef::nm {
 
 // Ranking keys as unsigned integers: with the sign bit cleared, the bits of
 // an IEEE float order like its magnitude, and clamping at the +inf pattern
 // makes every NaN rank as +inf. Integer compares are exact and cheap.
-inline uint32_t rank_key(float v) {
+WGSEF_HOST_DEVICE inline uint32_t rank_key(float v) {
+#ifdef __CUDA_ARCH__
+  uint32_t b = __float_as_uint(v);
+#else
   uint32_t b;
   std::memcpy(&b, &v, sizeof b);
+#endif
   b &= 0x7FFFFFFFu;
   return b < 0x7F800000u ? b : 0x7F800000u;
 }
 
-inline uint64_t rank_key(double v) {
+WGSEF_HOST_DEVICE inline uint64_t rank_key(double v) {
+#ifdef __CUDA_ARCH__
+  uint64_t b = static_cast<uint64_t>(__double_as_longlong(v));
+#else
   uint64_t b;
   std::memcpy(&b, &v, sizeof b);
+#endif
   b &= 0x7FFFFFFFFFFFFFFFull;
   return b < 0x7FF0000000000000ull ? b : 0x7FF0000000000000ull;
 }
