@@ -1,0 +1,110 @@
+"""CUDA kernels against the CPU kernels (which the rest of the suite checks
+against the float64 reference). Skipped without a GPU; run with pytest -m cuda."""
+
+import copy
+
+import pytest
+import torch
+
+import wgsef
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+CASES = [((12, 5, 3, 3), "filters"), ((12, 5, 3, 3), "channels"), ((12, 5, 3, 3), "shapes"),
+         ((20, 30), "layer"), ((7, 9), "elements"), ((24, 16), ("heads", 6))]
+TOL = {torch.float64: (1e-9, 1e-12), torch.float32: (1e-5, 1e-6), torch.float16: (2e-3, 1e-3),
+       torch.bfloat16: (2e-2, 1e-2)}
+
+
+@pytest.mark.parametrize("shape,groups", CASES)
+@pytest.mark.parametrize("dtype", list(TOL))
+def test_ops_match_cpu(shape, groups, dtype):
+    x = torch.randn(shape, dtype=torch.float64)
+    x[1] = 0
+    x = x.to(dtype)
+    xc = x.cuda()
+    rtol, atol = TOL[dtype]
+    m = wgsef.num_groups(x, groups)
+    for k in sorted({0, 1, max(1, m // 3), m, m + 2}):
+        for lam in (0.0, 0.05, 5.0):
+            cpu = wgsef.prox(x, k, lam, groups)
+            gpu = wgsef.prox(xc, k, lam, groups)
+            torch.testing.assert_close(gpu.cpu(), cpu, rtol=rtol, atol=atol)
+            inplace = xc.clone()
+            wgsef.prox_(inplace, k, torch.tensor(lam, device="cuda"), groups)
+            torch.testing.assert_close(inplace, gpu, rtol=0, atol=0)
+        v_cpu, v_gpu = wgsef.value(x, k, groups), wgsef.value(xc, k, groups)
+        torch.testing.assert_close(v_gpu.cpu(), v_cpu, rtol=max(rtol, 1e-6), atol=atol)
+    torch.testing.assert_close(wgsef.group_norms(xc, groups).cpu(), wgsef.group_norms(x, groups),
+                               rtol=max(rtol, 1e-6), atol=atol)
+
+
+def test_value_gradient_matches_cpu():
+    x = torch.randn(8, 6, dtype=torch.float64, requires_grad=True)
+    xc = x.detach().cuda().requires_grad_(True)
+    wgsef.value(x, 3).backward()
+    wgsef.value(xc, 3).backward()
+    torch.testing.assert_close(xc.grad.cpu(), x.grad)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_prox_multi_matches_cpu_and_captures_in_a_cuda_graph(shared):
+    tensors = [torch.randn(16, 8, 3, 3), torch.randn(32, 64)]
+    layout = [1, 16, 72, 1, 32, 64]
+    k = [10] if shared else [4, 8]
+    lam = torch.tensor([0.3] if shared else [0.3, 0.1], dtype=torch.float64)
+    scale = torch.tensor(0.5, dtype=torch.float64)
+    cpu = [t.clone() for t in tensors]
+    torch.ops.wgsef.prox_multi_(cpu, layout, [], [], k, lam, scale, shared)
+    gpu = [t.cuda() for t in tensors]
+    lam_d, scale_d = lam.cuda(), scale.cuda()
+    torch.ops.wgsef.prox_multi_(gpu, layout, [], [], k, lam_d, scale_d, shared)
+    for a, b in zip(gpu, cpu):
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-5, atol=1e-6)
+    # no host synchronisation inside: the call can be captured and replayed
+    static = [t.cuda() for t in tensors]
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        torch.ops.wgsef.prox_multi_([s.clone() for s in static], layout, [], [], k, lam_d, scale_d, shared)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        torch.ops.wgsef.prox_multi_(static, layout, [], [], k, lam_d, scale_d, shared)
+    for s, t in zip(static, tensors):
+        s.copy_(t.cuda())
+    graph.replay()
+    torch.cuda.synchronize()
+    for a, b in zip(static, cpu):
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("n,m", [(2, 4), (1, 8), (3, 8), (1, 32), (16, 512)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+def test_nm_matches_cpu(n, m, dtype):
+    w = torch.randint(-4, 5, (6, 2 * m)).to(dtype)  # ties
+    w[0, 0] = float("nan")
+    assert torch.equal(wgsef.nm_mask(w.cuda(), n, m).cpu(), wgsef.nm_mask(w, n, m))
+    conv = torch.randn(8, 2 * m, 3, 3).to(dtype)
+    assert torch.equal(wgsef.nm_mask(conv.cuda(), n, m, 1).cpu(), wgsef.nm_mask(conv, n, m, 1))
+    out = wgsef.nm_decay(w.cuda(), n, m, 0.25).cpu()
+    torch.testing.assert_close(out, wgsef.nm_decay(w, n, m, 0.25), equal_nan=True)
+
+
+def test_proxsgd_step_on_cuda_matches_cpu():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(8 * 6 * 6, 10))
+    gpu_model = copy.deepcopy(model).cuda()
+    x, y = torch.randn(16, 3, 8, 8), torch.randint(0, 10, (16,))
+    for m_, dev in ((model, "cpu"), (gpu_model, "cuda")):
+        opt = wgsef.ProxSGD(wgsef.regularized_param_groups(m_, k=0.5, lam=0.5), lr=0.1, momentum=0.9)
+        for _ in range(3):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(m_(x.to(dev)), y.to(dev)).backward()
+            opt.step()
+    for a, b in zip(gpu_model.parameters(), model.parameters()):
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-4, atol=1e-5)
