@@ -3,6 +3,7 @@
 // TypeError.
 #pragma once
 
+#include <ATen/core/List.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
@@ -96,6 +97,27 @@ inline void check_lam_tensor(const char* op, const at::Tensor& lam) {
 inline void check_lam_value(const char* op, double lam) {
   TORCH_CHECK_VALUE(lam >= 0.0 && lam < std::numeric_limits<double>::infinity(), "wgsef.", op,
                     ": lam must be finite and >= 0, got ", lam);
+}
+
+// The list arguments of prox_multi_ (every backend): layout, ids, weights,
+// budgets and strengths agree with the number of tensors.
+inline void check_term_lists(const char* op, int64_t n, at::IntArrayRef layout,
+                      const c10::List<std::optional<at::Tensor>>& group_ids,
+                      const c10::List<std::optional<at::Tensor>>& weights, at::IntArrayRef k,
+                      const at::Tensor& lam, const at::Tensor& scale, bool shared) {
+  TORCH_CHECK_VALUE(static_cast<int64_t>(layout.size()) == 3 * n, "wgsef.", op,
+                    ": layout must have 3 entries per tensor (", 3 * n, "), got ", layout.size());
+  TORCH_CHECK_VALUE(group_ids.empty() || static_cast<int64_t>(group_ids.size()) == n, "wgsef.", op,
+                    ": group_ids must be empty or have one entry per tensor");
+  TORCH_CHECK_VALUE(weights.empty() || static_cast<int64_t>(weights.size()) == n, "wgsef.", op,
+                    ": weights must be empty or have one entry per tensor");
+  const int64_t terms = shared ? 1 : n;
+  TORCH_CHECK_VALUE(static_cast<int64_t>(k.size()) == terms, "wgsef.", op, ": k must have ", terms,
+                    " entries (", shared ? "shared budget" : "one per tensor", "), got ", k.size());
+  for (int64_t kk : k) check_k(op, kk);
+  check_lam_tensor(op, scale);
+  TORCH_CHECK_VALUE(lam.dim() <= 1 && (lam.numel() == 1 || lam.numel() == terms), "wgsef.", op,
+                    ": lam must have 1 or ", terms, " entries, got shape ", lam.sizes());
 }
 
 }  // namespace wgsef

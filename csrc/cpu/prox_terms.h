@@ -26,12 +26,6 @@ TermMember make_term_member(const char* op, const at::Tensor& data, int64_t i,
                             const c10::List<std::optional<at::Tensor>>& group_ids,
                             const c10::List<std::optional<at::Tensor>>& weights);
 
-// Checks the list arguments shared by the multi-tensor ops.
-void check_term_lists(const char* op, int64_t n, at::IntArrayRef layout,
-                      const c10::List<std::optional<at::Tensor>>& group_ids,
-                      const c10::List<std::optional<at::Tensor>>& weights, at::IntArrayRef k,
-                      const at::Tensor& lam, const at::Tensor& scale, bool shared);
-
 // Scales every member in place by its prox factors: one term per member with
 // budget k[i] and strength scale * lam[i], or one shared term (k[0], lam[0]).
 void apply_prox_terms(const char* op, std::vector<TermMember>& members, at::IntArrayRef k,

@@ -192,10 +192,7 @@ void prox_multi_(at::TensorList xs, at::IntArrayRef layout, const c10::List<std:
                  const at::Tensor& scale_by, bool shared) {
   const char* op = "prox_multi_";
   const int64_t n = static_cast<int64_t>(xs.size());
-  TORCH_CHECK_VALUE(static_cast<int64_t>(layout.size()) == 3 * n, "wgsef.", op,
-                    ": layout must have 3 entries per tensor");
-  TORCH_CHECK_VALUE(static_cast<int64_t>(k.size()) == (shared ? 1 : n), "wgsef.", op,
-                    ": k must have one entry per tensor, or one for a shared budget");
+  check_term_lists(op, n, layout, group_ids, weights, k, lam, scale_by, shared);
   if (n == 0) return;
   const c10::cuda::CUDAGuard guard(xs[0].device());
   std::vector<GroupArgs> groups;
