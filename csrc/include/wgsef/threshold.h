@@ -239,19 +239,12 @@ struct Workspace {
   }
 };
 
-// What the prox did, for callers that report or test it.
-struct ProxResult {
-  int64_t nonzero_groups = 0;  // groups of the output that are not all zero
-  double eta = 0.0;            // the root, 0 when no search was needed
-};
-
 // Per-group factors f_i with prox_{lam*WGSEF}(v)_{G_i} = f_i * v_{G_i}.
 //   sq_norms[i] = ||v_{G_i}||^2, d = group weights (nullptr: all 1), lam >= 0, k >= 0.
 // Non-finite norms (NaN or Inf in v) give NaN factors for every group.
-inline ProxResult prox_factors(const double* sq_norms, const double* d, int64_t m, int64_t k,
+inline void prox_factors(const double* sq_norms, const double* d, int64_t m, int64_t k,
                                double lam, double* factors, Workspace& ws,
                                SearchStats* stats = nullptr) {
-  ProxResult result;
   int64_t nonzero = 0;
   bool finite = true;
   for (int64_t i = 0; i < m; ++i) {
@@ -260,22 +253,19 @@ inline ProxResult prox_factors(const double* sq_norms, const double* d, int64_t 
   }
   if (!finite) {
     std::fill(factors, factors + m, std::numeric_limits<double>::quiet_NaN());
-    result.nonzero_groups = m;
-    return result;
+    return;
   }
   if (lam == 0.0) {
     std::fill(factors, factors + m, 1.0);
-    result.nonzero_groups = nonzero;
-    return result;
+    return;
   }
   if (k == 0) {
     std::fill(factors, factors + m, 0.0);
-    return result;
+    return;
   }
   if (nonzero <= k) {
     for (int64_t i = 0; i < m; ++i) factors[i] = 1.0 / (1.0 + lam * (d ? d[i] : 1.0));
-    result.nonzero_groups = nonzero;
-    return result;
+    return;
   }
   double* c = ws.reserve(nonzero);
   double* w = c + nonzero;
@@ -288,19 +278,16 @@ inline ProxResult prox_factors(const double* sq_norms, const double* d, int64_t 
     }
   }
   const double eta = solve_threshold(c, w, nonzero, k, w + nonzero, stats);
-  result.eta = eta;
   for (int64_t i = 0; i < m; ++i) {
     if (sq_norms[i] > 0.0) {
       const double di = d ? d[i] : 1.0;
       const double wi = lam * di;
       const double u = detail::snapped_share(std::sqrt(di * sq_norms[i]), eta, wi);
       factors[i] = u / (u + wi);
-      result.nonzero_groups += u > 0.0;
     } else {
       factors[i] = 0.0;
     }
   }
-  return result;
 }
 
 // The optimal shares of the variational form WGSEF(x) = 1/2 min_{u in D_k}
