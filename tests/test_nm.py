@@ -52,7 +52,11 @@ def tied_tensor(shape, seed, dtype=torch.float32):
     return x
 
 
-@pytest.mark.parametrize("n,m", [(2, 4), (1, 4), (3, 4), (1, 8), (4, 8), (5, 8), (2, 16), (1, 32), (7, 32), (3, 12)])
+# covers every selection path: rank forms (m = 4, 8, 16, 32), first maximum
+# (n = 1, m a multiple of 8), large groups (m = 40, 64) and the scalar
+# fallback (m = 12, and 30:64 with more kept than slices)
+@pytest.mark.parametrize("n,m", [(2, 4), (1, 4), (3, 4), (1, 8), (4, 8), (5, 8), (1, 16), (2, 16), (1, 32), (7, 32),
+                                 (3, 12), (2, 40), (1, 64), (4, 64), (30, 64)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 def test_mask_matches_both_reference_forms_on_tied_inputs(n, m, dtype):
     for seed, shape in enumerate([(6, 4 * m), (3, 2 * m)]):
@@ -80,11 +84,18 @@ def test_mask_brute_force_small():
         assert sorted(torch.nonzero(got).flatten().tolist()) == list(valid[0])
 
 
-@pytest.mark.parametrize("n,m", [(16, 512), (1, 128), (64, 2048), (3, 4096)])
+@pytest.mark.parametrize("n,m", [(16, 512), (8, 256), (4, 64), (1, 128), (64, 2048), (3, 4096)])
 def test_large_groups(n, m):
-    w = torch.randn(3, 2 * m)
+    g = torch.Generator().manual_seed(m + n)
+    w = torch.randn(4, 2 * m, generator=g)
     w[0, :m] = torch.round(w[0, :m])  # ties in the first group
-    assert torch.equal(wgsef.nm_mask(w, n, m), ref_mask_sort(w, n, m, -1))
+    w[0, m:] = 0.0
+    w[0, m + 3: m + 3 + max(1, n // 2)] = 1.5  # fewer than n nonzero keys: zeros fill up by index
+    w[1, :m] = torch.distributions.Cauchy(0.0, 1.0).sample((m,))  # heavy tails: many candidates
+    w[1, m + 5] = float("nan")
+    w[2, :m] = 0.25  # all tied
+    for dim_view in (w, w.t().contiguous().t()):
+        assert torch.equal(wgsef.nm_mask(dim_view, n, m), ref_mask_sort(w, n, m, -1))
 
 
 def test_nan_ranks_largest_and_zero_signs_tie():

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "nm_select.h"
 #include "wgsef/nm.h"
 
 namespace wgsef::cpu {
@@ -39,17 +40,18 @@ NMLayout check_nm_args(const char* op, const at::Tensor& w, int64_t n, int64_t m
   return l;
 }
 
-// Key type of the ranking: exact for every input dtype (16-bit floats widen
-// to float exactly).
-template <typename T>
-using key_t = std::conditional_t<std::is_same_v<T, double>, uint64_t, uint32_t>;
-
-template <typename T>
-inline key_t<T> key_of(T v) {
-  if constexpr (std::is_same_v<T, double>) {
-    return nm::rank_key(v);
-  } else {
-    return nm::rank_key(static_cast<float>(v));
+// Selects the kept entries of `count` values forming groups of m, contiguous
+// in `values`: float32 through the vectorised select_float, double through
+// its exact 64-bit keys (16-bit floats arrive widened to float32).
+inline void select_groups(const float* values, int64_t count, int64_t m, int64_t n, uint8_t* keep,
+                          std::vector<uint32_t>& scratch) {
+  select_float(values, count, m, n, keep, scratch.data());
+}
+inline void select_groups(const double* values, int64_t count, int64_t m, int64_t n, uint8_t* keep,
+                          std::vector<uint64_t>& scratch) {
+  for (int64_t g = 0; g < count; g += m) {
+    for (int64_t j = 0; j < m; ++j) scratch[j] = nm::rank_key(values[g + j]);
+    nm::select_top_n(scratch.data(), 1, m, n, keep + g, scratch.data() + m);
   }
 }
 
@@ -64,47 +66,59 @@ void apply_keep(const T* __restrict w, const uint8_t* __restrict keep, int64_t c
   }
 }
 
-// Groups are gathered, a block at a time, into a contiguous key buffer: for
-// last-dim groups (inner == 1) a block is a run of whole groups; for strided
-// groups (conv input channels) the m elements of each inner position.
+// Work goes in blocks of about 4096 values. Last-dim groups of float32 or
+// double are selected where they lie; otherwise a block is first gathered
+// into a contiguous buffer, widened to float32 (16-bit floats) and, for
+// strided groups (conv input channels), transposed from (m, inner) to
+// (inner, m).
 template <typename T>
 void nm_kernel(const T* w, bool* mask, T* out, const NMLayout& l, int64_t n, int64_t m,
                double decay) {
-  using K = key_t<T>;
+  using select_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
+  using key_t = std::conditional_t<std::is_same_v<T, double>, uint64_t, uint32_t>;
+  constexpr bool in_place = std::is_same_v<T, select_t>;
   const int64_t blocks = l.length / m;  // groups per (outer, inner) line
   const int64_t tasks = l.outer * blocks;
+  const int64_t block_groups = std::max<int64_t>(1, 4096 / m);
+  const select_t pruned = static_cast<select_t>(decay);
+  const auto write = [&](int64_t at, uint8_t kept) {
+    if (mask) mask[at] = kept;
+    if (out) out[at] = static_cast<T>(static_cast<select_t>(w[at]) * (kept ? select_t(1) : pruned));
+  };
   const int64_t per_task = std::max<int64_t>(1, m * l.inner);
-  const int64_t run_groups = l.inner == 1 ? std::max<int64_t>(1, 4096 / m) : 1;
   at::parallel_for(0, tasks, std::max<int64_t>(1, 32768 / per_task), [&](int64_t t0, int64_t t1) {
-    std::vector<K> key(static_cast<size_t>(run_groups * m)), scratch(static_cast<size_t>(3 * m));
-    std::vector<uint8_t> keep(static_cast<size_t>(run_groups * m));
-    using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
-    const acc_t pruned = static_cast<acc_t>(decay);
-    auto scale = [pruned](T v, uint8_t kept) {
-      return static_cast<T>(static_cast<acc_t>(v) * (kept ? acc_t(1) : pruned));
-    };
+    std::vector<key_t> scratch(static_cast<size_t>(4 * m));
+    std::vector<select_t> values(in_place && l.inner == 1 ? 0 : static_cast<size_t>(block_groups * m));
+    std::vector<uint8_t> keep(static_cast<size_t>(block_groups * m));
     if (l.inner == 1) {
       // tasks are consecutive groups of one contiguous array
-      for (int64_t t = t0; t < t1; t += run_groups) {
-        const int64_t groups = std::min(run_groups, t1 - t);
-        const int64_t first = t * m;  // (t / blocks) * length + (t % blocks) * m
-        const int64_t count = groups * m;
-        for (int64_t e = 0; e < count; ++e) key[e] = key_of(w[first + e]);
-        nm::select_top_n(key.data(), groups, m, n, keep.data(), scratch.data());
-        if (mask) std::memcpy(mask + first, keep.data(), static_cast<size_t>(count));
-        if (out) apply_keep(w + first, keep.data(), count, pruned, out + first);
+      for (int64_t t = t0; t < t1; t += block_groups) {
+        const int64_t count = std::min(block_groups, t1 - t) * m;
+        const int64_t first = t * m;
+        const select_t* block;
+        if constexpr (in_place) {
+          block = w + first;
+        } else {
+          for (int64_t e = 0; e < count; ++e) values[e] = static_cast<float>(w[first + e]);
+          block = values.data();
+        }
+        // the mask is written directly (bool is one byte holding 0 or 1)
+        uint8_t* kept = mask ? reinterpret_cast<uint8_t*>(mask + first) : keep.data();
+        select_groups(block, count, m, n, kept, scratch);
+        if (out) apply_keep(w + first, kept, count, pruned, out + first);
       }
       return;
     }
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t base = ((t / blocks) * l.length + (t % blocks) * m) * l.inner;
-      for (int64_t i = 0; i < l.inner; ++i) {
-        for (int64_t j = 0; j < m; ++j) key[j] = key_of(w[base + i + j * l.inner]);
-        nm::select_top_n(key.data(), 1, m, n, keep.data(), scratch.data());
-        for (int64_t j = 0; j < m; ++j) {
-          const int64_t at = base + i + j * l.inner;
-          if (mask) mask[at] = keep[j];
-          if (out) out[at] = scale(w[at], keep[j]);
+      for (int64_t i0 = 0; i0 < l.inner; i0 += block_groups) {
+        const int64_t positions = std::min(block_groups, l.inner - i0);
+        for (int64_t i = 0; i < positions; ++i) {
+          for (int64_t j = 0; j < m; ++j) values[i * m + j] = static_cast<select_t>(w[base + i0 + i + j * l.inner]);
+        }
+        select_groups(values.data(), positions * m, m, n, keep.data(), scratch);
+        for (int64_t i = 0; i < positions; ++i) {
+          for (int64_t j = 0; j < m; ++j) write(base + i0 + i + j * l.inner, keep[i * m + j]);
         }
       }
     }

@@ -1,0 +1,377 @@
+// N:M selection over float32, a vector of W lanes at a time. Written with
+// GCC/Clang vector extensions, so one source compiles to SSE2 or NEON (W = 4)
+// and, on x86-64 CPUs that have it, AVX2 (W = 8, picked at run time). The
+// ranking rule is the one of wgsef/nm.h (NaN = +inf, ties to the lower index,
+// -0 == +0), which the scalar path and the CUDA kernels share.
+#include "nm_select.h"
+
+#include <algorithm>
+#include <cstring>
+#include <utility>
+
+#include "wgsef/nm.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define WGSEF_X86_AVX2 1
+#endif
+#define WGSEF_ALWAYS_INLINE inline __attribute__((always_inline))
+
+namespace wgsef::cpu {
+namespace {
+
+template <int W>
+struct Lanes {
+  typedef int32_t i32 __attribute__((vector_size(4 * W)));
+  typedef uint8_t u8 __attribute__((vector_size(W)));
+  typedef uint8_t i32_as_u8 __attribute__((vector_size(4 * W)));
+  typedef uint64_t i32_as_u64 __attribute__((vector_size(4 * W)));
+};
+template <int W>
+using lanes_t = typename Lanes<W>::i32;
+
+template <int W, int... L>
+constexpr lanes_t<W> lane_index(std::integer_sequence<int, L...>) {
+  return lanes_t<W>{L...};
+}
+template <int W>
+constexpr lanes_t<W> lane_index() {
+  return lane_index<W>(std::make_integer_sequence<int, W>{});
+}
+
+// rank_key of W floats: the magnitude bits, NaN clamped to the +inf pattern.
+// The keys are below 2^31, so signed compares order them.
+template <int W>
+WGSEF_ALWAYS_INLINE lanes_t<W> load_keys(const float* p) {
+  lanes_t<W> bits;
+  std::memcpy(&bits, p, sizeof bits);
+  bits &= 0x7FFFFFFF;
+  const lanes_t<W> inf = lanes_t<W>{} + 0x7F800000;
+  return bits < inf ? bits : inf;
+}
+
+template <int W>
+WGSEF_ALWAYS_INLINE lanes_t<W> load(const uint32_t* p) {
+  lanes_t<W> v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+// kept lanes hold -1 (a vector compare result); keep bytes are 0 or 1. The
+// low byte of each lane is picked by a byte shuffle (a converting cast would
+// go lane by lane).
+template <int W, int... L>
+WGSEF_ALWAYS_INLINE void store_keep(lanes_t<W> kept, uint8_t* keep, std::integer_sequence<int, L...>) {
+  const auto bytes = reinterpret_cast<typename Lanes<W>::i32_as_u8>(kept & 1);
+  const typename Lanes<W>::u8 low = __builtin_shufflevector(bytes, bytes, (4 * L)...);
+  std::memcpy(keep, &low, sizeof low);
+}
+template <int W>
+WGSEF_ALWAYS_INLINE void store_keep(lanes_t<W> kept, uint8_t* keep) {
+  store_keep<W>(kept, keep, std::make_integer_sequence<int, W>{});
+}
+
+template <int W>
+WGSEF_ALWAYS_INLINE lanes_t<W> lanes_max(lanes_t<W> a, lanes_t<W> b) {
+  return a > b ? a : b;
+}
+template <int W>
+WGSEF_ALWAYS_INLINE lanes_t<W> lanes_min(lanes_t<W> a, lanes_t<W> b) {
+  return a < b ? a : b;
+}
+
+template <int W>
+WGSEF_ALWAYS_INLINE bool any_lane(lanes_t<W> mask) {
+  const auto words = reinterpret_cast<typename Lanes<W>::i32_as_u64>(mask);
+  uint64_t any = 0;
+  for (int i = 0; i < W / 2; ++i) any |= words[i];
+  return any != 0;
+}
+
+// Lane l of the result is lane (l / G) * G + (l % G + R) % G of v: every run
+// of G lanes rotated by R.
+template <int W, int G, int R, int... L>
+WGSEF_ALWAYS_INLINE lanes_t<W> rotate(lanes_t<W> v, std::integer_sequence<int, L...>) {
+  return __builtin_shufflevector(v, v, ((L / G) * G + (L % G + R) % G)...);
+}
+template <int W, int G, int R>
+WGSEF_ALWAYS_INLINE lanes_t<W> rotate(lanes_t<W> v) {
+  return rotate<W, G, R>(v, std::make_integer_sequence<int, W>{});
+}
+
+// -1 in the lanes whose partner after rotate<W, G, R> has the lower index
+template <int W, int G, int R, int... L>
+constexpr lanes_t<W> partner_before(std::integer_sequence<int, L...>) {
+  return lanes_t<W>{((L % G + R) % G < L % G ? -1 : 0)...};
+}
+template <int W, int G, int R>
+constexpr lanes_t<W> partner_before() {
+  return partner_before<W, G, R>(std::make_integer_sequence<int, W>{});
+}
+
+// Adds -1 to rank where `other` ranks before `key`: larger, or equal with the
+// lower index (before = -1). With integer keys, k_i >= k_j is k_i > k_j - 1.
+template <int W>
+WGSEF_ALWAYS_INLINE void count_beaten(lanes_t<W> other, lanes_t<W> key, lanes_t<W> before,
+                                      lanes_t<W>& rank) {
+  rank += other > key + before;
+}
+
+// Groups of G <= W lanes inside one vector: every lane against the G - 1
+// rotations of its group.
+template <int W, int G, int R = 1>
+WGSEF_ALWAYS_INLINE void rank_within(lanes_t<W> key, lanes_t<W>& rank) {
+  if constexpr (R < G) {
+    count_beaten<W>(rotate<W, G, R>(key), key, partner_before<W, G, R>(), rank);
+    rank_within<W, G, R + 1>(key, rank);
+  }
+}
+
+// Groups of V vectors: every vector against every rotation of every vector.
+template <int W, int V, int R = 0>
+WGSEF_ALWAYS_INLINE void rank_across(const lanes_t<W> (&key)[V], lanes_t<W> (&rank)[V]) {
+  if constexpr (R < W) {
+    for (int a = 0; a < V; ++a) {
+      for (int b = 0; b < V; ++b) {
+        if (a == b && R == 0) continue;
+        const lanes_t<W> before = a == b ? partner_before<W, W, R>() : lanes_t<W>{} - (b < a);
+        count_beaten<W>(rotate<W, W, R>(key[b]), key[a], before, rank[a]);
+      }
+    }
+    rank_across<W, V, R + 1>(key, rank);
+  }
+}
+
+// Rank form for groups of M (4 to 32): keep a lane when fewer than n lanes of
+// its group rank before it.
+template <int W, int M>
+WGSEF_ALWAYS_INLINE void rank_groups(const float* w, int64_t count, int n, uint8_t* keep) {
+  if constexpr (M <= W) {
+    for (int64_t e = 0; e < count; e += W) {
+      const lanes_t<W> key = load_keys<W>(w + e);
+      lanes_t<W> rank{};
+      rank_within<W, M>(key, rank);
+      store_keep<W>(rank > -n, keep + e);
+    }
+  } else {
+    constexpr int V = M / W;
+    for (int64_t g = 0; g < count; g += M) {
+      lanes_t<W> key[V], rank[V];
+      for (int v = 0; v < V; ++v) {
+        key[v] = load_keys<W>(w + g + v * W);
+        rank[v] = lanes_t<W>{};
+      }
+      rank_across<W, V>(key, rank);
+      for (int v = 0; v < V; ++v) store_keep<W>(rank[v] > -n, keep + g + v * W);
+    }
+  }
+}
+
+template <int W, int S, int... L>
+WGSEF_ALWAYS_INLINE lanes_t<W> swap_xor(lanes_t<W> v, std::integer_sequence<int, L...>) {
+  return __builtin_shufflevector(v, v, (L ^ S)...);
+}
+// every lane gets the max (min, sum) over the W lanes
+template <int W, int S = W / 2>
+WGSEF_ALWAYS_INLINE lanes_t<W> spread_max(lanes_t<W> v) {
+  if constexpr (S == 0) {
+    return v;
+  } else {
+    return spread_max<W, S / 2>(lanes_max<W>(v, swap_xor<W, S>(v, std::make_integer_sequence<int, W>{})));
+  }
+}
+template <int W, int S = W / 2>
+WGSEF_ALWAYS_INLINE lanes_t<W> spread_min(lanes_t<W> v) {
+  if constexpr (S == 0) {
+    return v;
+  } else {
+    return spread_min<W, S / 2>(lanes_min<W>(v, swap_xor<W, S>(v, std::make_integer_sequence<int, W>{})));
+  }
+}
+template <int W, int S = W / 2>
+WGSEF_ALWAYS_INLINE lanes_t<W> spread_sum(lanes_t<W> v) {
+  if constexpr (S == 0) {
+    return v;
+  } else {
+    return spread_sum<W, S / 2>(v + swap_xor<W, S>(v, std::make_integer_sequence<int, W>{}));
+  }
+}
+
+// n = 1 for groups of any multiple of W: the first lane holding the group max.
+template <int W>
+WGSEF_ALWAYS_INLINE void first_max_groups(const float* w, int64_t count, int64_t m, uint8_t* keep) {
+  const lanes_t<W> lane = lane_index<W>();
+  for (int64_t g = 0; g < count; g += m) {
+    lanes_t<W> best{};
+    for (int64_t v = 0; v < m; v += W) best = lanes_max<W>(best, load_keys<W>(w + g + v));
+    best = spread_max<W>(best);
+    lanes_t<W> first = lanes_t<W>{} + static_cast<int32_t>(m);
+    for (int64_t v = 0; v < m; v += W) {
+      const lanes_t<W> at = lane + static_cast<int32_t>(v);
+      first = lanes_min<W>(first, load_keys<W>(w + g + v) == best ? at : first);
+    }
+    first = spread_min<W>(first);
+    for (int64_t v = 0; v < m; v += W) store_keep<W>(lane + static_cast<int32_t>(v) == first, keep + g + v);
+  }
+}
+
+// The n-th largest of count keys (count a multiple of W, 1 <= n <= count),
+// bit by bit from the top: the largest T with at least n keys >= T. Bits that
+// the smallest and largest key share are known from the start; with
+// resolved_bits below the number of remaining bits, the result has its lower
+// bits cleared, so it is at most the n-th largest (a lower bound).
+template <int W>
+WGSEF_ALWAYS_INLINE uint32_t nth_largest(const uint32_t* key, int64_t count, int64_t n,
+                                         int resolved_bits = 32) {
+  lanes_t<W> lo = lanes_t<W>{} + 0x7FFFFFFF, hi{};
+  for (int64_t v = 0; v < count; v += W) {
+    lo = lanes_min<W>(lo, load<W>(key + v));
+    hi = lanes_max<W>(hi, load<W>(key + v));
+  }
+  const uint32_t low = static_cast<uint32_t>(spread_min<W>(lo)[0]);
+  const uint32_t high = static_cast<uint32_t>(spread_max<W>(hi)[0]);
+  if (low == high) return low;
+  const int free_bits = 32 - __builtin_clz(low ^ high);
+  uint32_t threshold = low & ~((1u << free_bits) - 1);
+  for (int bit = free_bits - 1; bit >= std::max(0, free_bits - resolved_bits); --bit) {
+    const int32_t trial = static_cast<int32_t>(threshold | (1u << bit));
+    lanes_t<W> at_least{};
+    for (int64_t v = 0; v < count; v += W) at_least += load<W>(key + v) >= trial;
+    if (-spread_sum<W>(at_least)[0] >= n) threshold = static_cast<uint32_t>(trial);
+  }
+  return threshold;
+}
+
+// Candidates in index order, padded with key -1 (ranks after every key) to V
+// vectors: keep a candidate when fewer than n candidates rank before it.
+template <int W, int V>
+WGSEF_ALWAYS_INLINE void rank_candidates(const uint32_t* cand_key, const uint32_t* cand_index,
+                                         int64_t count, int64_t n, uint8_t* keep) {
+  lanes_t<W> key[V], rank[V];
+  for (int v = 0; v < V; ++v) {
+    key[v] = load<W>(cand_key + v * W);
+    rank[v] = lanes_t<W>{};
+  }
+  rank_across<W, V>(key, rank);
+  for (int64_t c = 0; c < count; ++c) keep[cand_index[c]] = rank[c / W][c % W] > -n;
+}
+
+// Ranks the candidates when they fill at most V_MAX vectors; returns whether it did.
+template <int W, int V = 1, int V_MAX = 32 / W>
+WGSEF_ALWAYS_INLINE bool rank_few_candidates(const uint32_t* cand_key, const uint32_t* cand_index,
+                                             int64_t vectors, int64_t count, int64_t n, uint8_t* keep) {
+  if constexpr (V > V_MAX) {
+    return false;
+  } else {
+    if (vectors == V) {
+      rank_candidates<W, V>(cand_key, cand_index, count, n, keep);
+      return true;
+    }
+    return rank_few_candidates<W, V + 1, V_MAX>(cand_key, cand_index, vectors, count, n, keep);
+  }
+}
+
+// Large groups (m a multiple of W with at least n slices, see below): the n-th
+// largest of the maxima of disjoint slices is a lower bound on the group's
+// n-th largest key, since n slices each hold a key at least that large. A
+// slice is one lane of a chunk of up to 8 consecutive vectors, so the maxima
+// come from vertical vector maxes. Only keys at or above the bound are
+// candidates (on Gaussian weights about n + 2 for 16:512), and those are
+// ranked. scratch holds 4m keys.
+template <int W>
+constexpr int64_t slices_of(int64_t m) {
+  return (m + 8 * W - 1) / (8 * W) * W;
+}
+
+template <int W>
+WGSEF_ALWAYS_INLINE void select_large_group(const float* w, int64_t m, int64_t n, uint8_t* keep,
+                                            uint32_t* scratch) {
+  uint32_t* key = scratch;
+  uint32_t* slice_max = scratch + m;  // slices_of(m) <= m entries
+  int64_t slices = 0;
+  for (int64_t chunk = 0; chunk < m; chunk += 8 * W) {
+    lanes_t<W> most{};
+    for (int64_t v = chunk; v < std::min(m, chunk + 8 * W); v += W) {
+      const lanes_t<W> k = load_keys<W>(w + v);
+      std::memcpy(key + v, &k, sizeof k);
+      most = lanes_max<W>(most, k);
+    }
+    std::memcpy(slice_max + slices, &most, sizeof most);
+    slices += W;
+  }
+  // 8 bits past the shared prefix bound the n-th largest maximum within ~1%
+  const int32_t bound = static_cast<int32_t>(nth_largest<W>(slice_max, slices, n, 8));
+  uint32_t* cand_key = scratch + 2 * m;
+  uint32_t* cand_index = scratch + 3 * m;
+  int64_t count = 0;
+  for (int64_t v = 0; v < m; v += W) {
+    if (!any_lane<W>(load<W>(key + v) >= bound)) continue;
+    for (int64_t j = v; j < v + W; ++j) {  // branch-free, in index order
+      cand_key[count] = key[j];
+      cand_index[count] = static_cast<uint32_t>(j);
+      count += static_cast<int32_t>(key[j]) >= bound;
+    }
+  }
+  std::memset(keep, 0, static_cast<size_t>(m));
+  const int64_t vectors = (count + W - 1) / W;
+  std::fill(cand_key + count, cand_key + vectors * W, ~0u);  // -1 as a signed key
+  if (rank_few_candidates<W>(cand_key, cand_index, vectors, count, n, keep)) return;
+  // many candidates (ties, heavy tails): the exact n-th largest is the
+  // threshold, ties at it kept in index order; zero padding can matter only
+  // when the threshold is 0, and then every key is a candidate (count = m)
+  std::fill(cand_key + count, cand_key + vectors * W, 0u);
+  const uint32_t threshold = nth_largest<W>(cand_key, vectors * W, n);
+  int64_t ties = n;
+  for (int64_t c = 0; c < count; ++c) ties -= cand_key[c] > threshold;
+  for (int64_t c = 0; c < count; ++c) {
+    const bool tie = cand_key[c] == threshold && ties > 0;
+    ties -= tie;
+    keep[cand_index[c]] = cand_key[c] > threshold || tie;
+  }
+}
+
+template <int W>
+WGSEF_ALWAYS_INLINE void select_lanes(const float* w, int64_t count, int64_t m, int64_t n, uint8_t* keep,
+                                      uint32_t* scratch) {
+  const int rank_n = static_cast<int>(n);
+  switch (m) {
+    case 4: return rank_groups<W, 4>(w, count, rank_n, keep);
+    case 8: return n == 1 ? first_max_groups<W>(w, count, m, keep) : rank_groups<W, 8>(w, count, rank_n, keep);
+    case 16: return n == 1 ? first_max_groups<W>(w, count, m, keep) : rank_groups<W, 16>(w, count, rank_n, keep);
+    case 32: return n == 1 ? first_max_groups<W>(w, count, m, keep) : rank_groups<W, 32>(w, count, rank_n, keep);
+    default: break;
+  }
+  if (m % W == 0 && n == 1) return first_max_groups<W>(w, count, m, keep);
+  if (m % W == 0 && n <= slices_of<W>(m)) {
+    for (int64_t g = 0; g < count; g += m) select_large_group<W>(w + g, m, n, keep + g, scratch);
+    return;
+  }
+  for (int64_t g = 0; g < count; g += m) {
+    for (int64_t j = 0; j < m; ++j) scratch[j] = nm::rank_key(w[g + j]);
+    nm::select_top_n(scratch, 1, m, n, keep + g, scratch + m);
+  }
+}
+
+#ifdef WGSEF_X86_AVX2
+__attribute__((target("avx2"))) void select_avx2(const float* w, int64_t count, int64_t m, int64_t n,
+                                                 uint8_t* keep, uint32_t* scratch) {
+  select_lanes<8>(w, count, m, n, keep, scratch);
+}
+#endif
+
+}  // namespace
+
+void select_float(const float* w, int64_t count, int64_t m, int64_t n, uint8_t* keep,
+                  uint32_t* scratch) {
+  if (count <= 0) return;
+  if (n <= 0 || n >= m) {
+    std::fill(keep, keep + count, static_cast<uint8_t>(n > 0));
+    return;
+  }
+#ifdef WGSEF_X86_AVX2
+  static const bool has_avx2 = __builtin_cpu_supports("avx2");
+  if (has_avx2) return select_avx2(w, count, m, n, keep, scratch);
+#endif
+  select_lanes<4>(w, count, m, n, keep, scratch);
+}
+
+}  // namespace wgsef::cpu
