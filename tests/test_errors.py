@@ -112,3 +112,16 @@ def test_failed_calls_leave_input_untouched():
     with pytest.raises(ValueError):
         wgsef.prox_(x, 1, 0.1, weights=torch.zeros(6))
     assert torch.equal(x, before)
+
+
+def test_prox_multi_checks_every_term_before_changing_any_tensor():
+    xs = [torch.randn(4, 3), torch.randn(5, 2)]
+    before = [x.clone() for x in xs]
+    layout = [1, 4, 3, 1, 5, 2]
+    one = torch.tensor(1.0)
+    with pytest.raises(ValueError, match="lam must be finite and >= 0"):
+        torch.ops.wgsef.prox_multi_(xs, layout, [], [], [2, 2], torch.tensor([0.1, -1.0]), one, False)
+    with pytest.raises(ValueError, match=r"weights must be positive and finite, got weights\[1\]"):
+        torch.ops.wgsef.prox_multi_(xs, layout, [], [None, torch.tensor([1.0, -2.0, 1.0, 1.0, 1.0])],
+                                    [2, 2], torch.tensor(0.1), one, False)
+    assert all(torch.equal(x, b) for x, b in zip(xs, before))

@@ -6,10 +6,38 @@
 
 #include <algorithm>
 
+#include "float_loops.h"
 #include "group_runs.h"
 
 namespace wgsef::cpu {
 namespace {
+
+// Runs shorter than this stay inline: a call costs more than it saves there.
+constexpr int64_t kMinDispatchedRun = 32;
+
+template <typename T>
+inline double run_sum_squares(const T* p, int64_t n) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (n >= kMinDispatchedRun) return sum_squares_f32(p, n);
+  }
+  return sum_squares(p, n);
+}
+
+template <typename T, typename acc_t>
+inline void scale_run(const T* src, T* dst, int64_t n, acc_t factor) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (n >= kMinDispatchedRun) return scale_f32(src, dst, n, factor);
+  }
+  for (int64_t c = 0; c < n; ++c) dst[c] = static_cast<T>(static_cast<acc_t>(src[c]) * factor);
+}
+
+template <typename T, typename acc_t>
+inline void scale_each_run(const T* src, T* dst, const acc_t* factors, int64_t n) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (n >= kMinDispatchedRun) return scale_each_f32(src, dst, factors, n);
+  }
+  for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<T>(static_cast<acc_t>(src[j]) * factors[j]);
+}
 
 template <typename T>
 void strided_scale(const T* src, T* dst, int64_t A, int64_t G, int64_t C,
@@ -22,18 +50,12 @@ void strided_scale(const T* src, T* dst, int64_t A, int64_t G, int64_t C,
       // consecutive elements belong to consecutive groups: vectorise over g
       for (int64_t r = r0; r < r1;) {
         const int64_t g = r % G, len = std::min(r1 - r, G - g);
-        for (int64_t j = 0; j < len; ++j)
-          dst[r + j] = static_cast<T>(static_cast<acc_t>(src[r + j]) * f[g + j]);
+        scale_each_run(src + r, dst + r, f + g, len);
         r += len;
       }
       return;
     }
-    for (int64_t r = r0; r < r1; ++r) {
-      const acc_t fr = f[r % G];
-      const T* s = src + r * C;
-      T* d = dst + r * C;
-      for (int64_t c = 0; c < C; ++c) d[c] = static_cast<T>(static_cast<acc_t>(s[c]) * fr);
-    }
+    for (int64_t r = r0; r < r1; ++r) scale_run(src + r * C, dst + r * C, C, f[r % G]);
   });
 }
 
@@ -51,7 +73,7 @@ std::vector<double> group_sq_norms(const at::Tensor& x, const GroupArgs& g) {
   std::vector<double> out(static_cast<size_t>(g.num_groups), 0.0);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "group_sq_norms", [&] {
     const scalar_t* px = x.const_data_ptr<scalar_t>();
-    const auto run_sq = [px](int64_t begin, int64_t len) { return sum_squares(px + begin, len); };
+    const auto run_sq = [px](int64_t begin, int64_t len) { return run_sum_squares(px + begin, len); };
     const auto row_sq = [px](int64_t begin, int64_t len, double* acc) {
       for (int64_t j = 0; j < len; ++j) {
         const double v = static_cast<double>(px[begin + j]);

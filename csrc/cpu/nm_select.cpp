@@ -9,12 +9,8 @@
 #include <cstring>
 #include <utility>
 
+#include "cpu_features.h"
 #include "wgsef/nm.h"
-
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define WGSEF_X86_AVX2 1
-#endif
-#define WGSEF_ALWAYS_INLINE inline __attribute__((always_inline))
 
 namespace wgsef::cpu {
 namespace {
@@ -352,7 +348,7 @@ WGSEF_ALWAYS_INLINE void select_lanes(const float* w, int64_t count, int64_t m, 
 }
 
 #ifdef WGSEF_X86_AVX2
-__attribute__((target("avx2"))) void select_avx2(const float* w, int64_t count, int64_t m, int64_t n,
+__attribute__((target("avx2,fma"))) void select_avx2(const float* w, int64_t count, int64_t m, int64_t n,
                                                  uint8_t* keep, uint32_t* scratch) {
   select_lanes<8>(w, count, m, n, keep, scratch);
 }
@@ -368,8 +364,7 @@ void select_float(const float* w, int64_t count, int64_t m, int64_t n, uint8_t* 
     return;
   }
 #ifdef WGSEF_X86_AVX2
-  static const bool has_avx2 = __builtin_cpu_supports("avx2");
-  if (has_avx2) return select_avx2(w, count, m, n, keep, scratch);
+  if (use_avx2()) return select_avx2(w, count, m, n, keep, scratch);
 #endif
   select_lanes<4>(w, count, m, n, keep, scratch);
 }

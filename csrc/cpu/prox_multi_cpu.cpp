@@ -19,10 +19,8 @@ void prox_multi_(at::TensorList xs, at::IntArrayRef layout,
   check_term_lists(kOp, n, layout, group_ids, weights, k, lam, scale, shared);
   std::vector<TermMember> members;
   members.reserve(n);
-  for (int64_t i = 0; i < n; ++i) {
+  for (int64_t i = 0; i < n; ++i)
     members.push_back(make_term_member(kOp, xs[i].contiguous(), i, layout, group_ids, weights));
-    members.back().sq = group_sq_norms(members.back().data, members.back().groups);
-  }
   apply_prox_terms(kOp, members, k, lam, scale, shared);
   for (int64_t i = 0; i < n; ++i)
     if (!members[i].data.is_same(xs[i])) xs[i].copy_(members[i].data);

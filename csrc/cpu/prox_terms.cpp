@@ -23,6 +23,7 @@ TermMember make_term_member(const char* op, const at::Tensor& data, int64_t i,
     m.groups = check_group_args(op, data.view({outer, groups, inner}), std::nullopt, -1);
   }
   if (!weights.empty()) attach_weights(op, m.groups, data, weights.get(i));
+  host_weights(op, m.groups);  // checks their values before any tensor changes
   return m;
 }
 
@@ -30,18 +31,21 @@ void apply_prox_terms(const char* op, std::vector<TermMember>& members, at::IntA
                       const at::Tensor& lam, const at::Tensor& scale, bool shared) {
   const at::Tensor lam_host = lam.to(at::kDouble).contiguous();
   const double step = scale.item<double>();
-  auto strength = [&](int64_t t) {
-    const double l = step * lam_host.const_data_ptr<double>()[lam.numel() == 1 ? 0 : t];
-    check_lam_value(op, l);
-    return l;
-  };
+  // every strength is checked before the first tensor changes
+  std::vector<double> strengths(shared ? std::min<size_t>(1, members.size()) : members.size());
+  for (size_t t = 0; t < strengths.size(); ++t) {
+    strengths[t] = step * lam_host.const_data_ptr<double>()[lam.numel() == 1 ? 0 : t];
+    check_lam_value(op, strengths[t]);
+  }
   WorkspaceLease ws;
   if (!shared) {
+    // norms, search and scaling one tensor at a time, so that the scaling pass
+    // finds a tensor that fits the last-level cache still there
     for (size_t i = 0; i < members.size(); ++i) {
       TermMember& m = members[i];
-      const double* d = host_weights(op, m.groups);
-      std::vector<double> factors(m.sq.size());
-      prox_factors(m.sq.data(), d, m.groups.num_groups, k[i], strength(static_cast<int64_t>(i)),
+      const std::vector<double> sq = group_sq_norms(m.data, m.groups);
+      std::vector<double> factors(sq.size());
+      prox_factors(sq.data(), host_weights(op, m.groups), m.groups.num_groups, k[i], strengths[i],
                    factors.data(), ws.get());
       scale_groups(m.data, m.data, m.groups, factors);
     }
@@ -50,10 +54,13 @@ void apply_prox_terms(const char* op, std::vector<TermMember>& members, at::IntA
   if (members.empty()) return;
   // one term: concatenate the groups of all tensors, search once, scale each slice
   std::vector<double> sq, d;
+  std::vector<size_t> offsets;
   bool weighted = false;
   for (const TermMember& m : members) weighted = weighted || m.groups.weights.defined();
   for (const TermMember& m : members) {
-    sq.insert(sq.end(), m.sq.begin(), m.sq.end());
+    offsets.push_back(sq.size());
+    const std::vector<double> member_sq = group_sq_norms(m.data, m.groups);
+    sq.insert(sq.end(), member_sq.begin(), member_sq.end());
     if (!weighted) continue;
     const double* w = host_weights(op, m.groups);
     if (w) {
@@ -64,12 +71,11 @@ void apply_prox_terms(const char* op, std::vector<TermMember>& members, at::IntA
   }
   std::vector<double> factors(sq.size());
   prox_factors(sq.data(), weighted ? d.data() : nullptr, static_cast<int64_t>(sq.size()), k[0],
-               strength(0), factors.data(), ws.get());
-  size_t offset = 0;
-  for (TermMember& m : members) {
-    const std::vector<double> slice(factors.begin() + offset, factors.begin() + offset + m.sq.size());
-    scale_groups(m.data, m.data, m.groups, slice);
-    offset += m.sq.size();
+               strengths[0], factors.data(), ws.get());
+  for (size_t i = 0; i < members.size(); ++i) {
+    const auto begin = factors.begin() + static_cast<std::ptrdiff_t>(offsets[i]);
+    const std::vector<double> slice(begin, begin + members[i].groups.num_groups);
+    scale_groups(members[i].data, members[i].data, members[i].groups, slice);
   }
 }
 

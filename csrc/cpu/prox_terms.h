@@ -1,6 +1,6 @@
 // The WGSEF terms of an optimizer param group (prox_multi_): how its tensors
-// split into groups, and the prox step once their squared group norms are
-// known, either one term per tensor or one shared term.
+// split into groups, and the prox step on them, either one term per tensor or
+// one shared term.
 #pragma once
 
 #include <ATen/core/List.h>
@@ -16,7 +16,6 @@ namespace wgsef::cpu {
 struct TermMember {
   at::Tensor data;  // contiguous storage the prox reads and writes
   GroupArgs groups;
-  std::vector<double> sq;  // squared group norms, filled by the caller
 };
 
 // Validates tensor i's layout entry (outer, groups, inner), or its group ids,
