@@ -12,8 +12,8 @@
 namespace wgsef::cpu {
 namespace {
 
-// Runs shorter than this stay inline: a call costs more than it saves there.
-constexpr int64_t kMinDispatchedRun = 32;
+// Runs shorter than kShortRun stay inline: a call costs more than it saves there.
+constexpr int64_t kMinDispatchedRun = kShortRun;
 
 template <typename T>
 inline double run_sum_squares(const T* p, int64_t n) {

@@ -18,14 +18,28 @@ namespace wgsef::cpu {
 // Elements per parallel task: large enough to amortise scheduling.
 constexpr int64_t kGrain = 1 << 15;
 
+// Runs shorter than this (conv channels: kh * kw elements) are summed directly
+// in float64: four independent totals keep consecutive runs overlapping.
+constexpr int64_t kShortRun = 32;
+
 // Sum of squares with float64 totals. For 32- and 16-bit inputs, blocks of
 // 256 elements are summed in eight float lanes (32 squares per lane, so a
 // relative error below ~2e-6 and typically ~1e-7 per block) and the block sums
 // in float64: float lanes vectorise twice as wide and keep this pass near
-// memory speed. float64 inputs use float64 lanes. Either way the order is a
-// fixed function of the run, so identical groups get identical norms.
+// memory speed. float64 inputs use float64 lanes, and short runs float64
+// totals. Either way the order is a fixed function of the run, so identical
+// groups get identical norms.
 template <typename T>
 inline double sum_squares(const T* p, int64_t n) {
+  if (n < kShortRun) {
+    double t[4] = {0.0, 0.0, 0.0, 0.0};
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+      for (int j = 0; j < 4; ++j) t[j] += static_cast<double>(p[i + j]) * static_cast<double>(p[i + j]);
+    }
+    for (; i < n; ++i) t[0] += static_cast<double>(p[i]) * static_cast<double>(p[i]);
+    return (t[0] + t[1]) + (t[2] + t[3]);
+  }
   using lane_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
   constexpr int64_t kBlock = std::is_same_v<T, double> ? (int64_t{1} << 40) : 256;
   double total = 0.0;
