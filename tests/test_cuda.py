@@ -108,3 +108,37 @@ def test_proxsgd_step_on_cuda_matches_cpu():
             opt.step()
     for a, b in zip(gpu_model.parameters(), model.parameters()):
         torch.testing.assert_close(a.cpu(), b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_capturable_proxsgd_step_replays_in_a_cuda_graph(shared):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(8 * 6 * 6, 10)).cuda()
+    eager = copy.deepcopy(model)
+    lr = torch.tensor(0.1, device="cuda")
+    opts = [wgsef.ProxSGD(wgsef.regularized_param_groups(m_, k=0.5, lam=0.5, shared_k=shared), lr=lr_,
+                          momentum=0.9, capturable=True)
+            for m_, lr_ in ((model, lr), (eager, 0.1))]
+    x, y = torch.randn(16, 3, 8, 8, device="cuda"), torch.randint(0, 10, (16,), device="cuda")
+
+    def step(m_, opt):
+        opt.zero_grad(set_to_none=False)
+        torch.nn.functional.cross_entropy(m_(x), y).backward()
+        opt.step()
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up: momentum buffers and device copies
+        step(model, opts[0])
+    torch.cuda.current_stream().wait_stream(side)
+    step(eager, opts[1])
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step(model, opts[0])
+    for _ in range(3):
+        graph.replay()
+        step(eager, opts[1])
+    torch.cuda.synchronize()
+    for a, b in zip(model.parameters(), eager.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

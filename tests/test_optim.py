@@ -339,3 +339,44 @@ def test_param_groups_by_attention_heads():
     out = model[1].self_attn.out_proj.weight.detach()
     zero_cols = (out.abs().sum(0) == 0).reshape(4, 4)
     assert (zero_cols.all(1) | ~zero_cols.any(1)).all()
+
+
+@pytest.mark.parametrize("cfg", SGD_CONFIGS)
+@pytest.mark.parametrize("shared", [False, True])
+def test_capturable_step_matches_the_default_step(cfg, shared):
+    # the same steps computed by foreach ops with lr and lam as tensors on the device
+    models = [small_model(), small_model()]
+    opts = [wgsef.ProxSGD(wgsef.regularized_param_groups(m, k=0.5, lam=0.3, shared_k=shared),
+                          capturable=cap, **cfg) for m, cap in zip(models, (False, True))]
+    for step in range(4):
+        for m, opt in zip(models, opts):
+            train(m, opt, 1, step)
+        for pa, pb in zip(*(m.parameters() for m in models)):
+            torch.testing.assert_close(pb, pa, rtol=1e-12, atol=1e-14)
+    opts[1].freeze_support()
+    opts[0].freeze_support()
+    for m, opt in zip(models, opts):
+        train(m, opt, 2, 4)
+    for pa, pb in zip(*(m.parameters() for m in models)):
+        torch.testing.assert_close(pb, pa, rtol=1e-12, atol=1e-14)
+
+
+def test_capturable_reads_a_tensor_lr_in_place_and_rejects_bad_options():
+    a, b = small_model(), small_model()
+    lr = torch.tensor(0.05, dtype=torch.float64)
+    opt_a = wgsef.ProxSGD(wgsef.regularized_param_groups(a, k=0.5, lam=0.3), lr=0.05, momentum=0.9)
+    opt_b = wgsef.ProxSGD(wgsef.regularized_param_groups(b, k=0.5, lam=0.3), lr=lr, momentum=0.9,
+                          capturable=True)
+    for step, value in enumerate([0.05, 0.02, 0.01]):
+        for group in opt_a.param_groups:
+            group["lr"] = value
+        lr.fill_(value)  # a schedule that a captured step would see
+        train(a, opt_a, 1, step)
+        train(b, opt_b, 1, step)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pb, pa, rtol=1e-12, atol=1e-14)
+    with pytest.raises(TypeError, match="capturable: expected a bool"):
+        wgsef.ProxSGD(small_model().parameters(), capturable=1)
+    mixed = [nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(2, device="meta"))]
+    with pytest.raises(ValueError, match="capturable: the params of a param group must share one device"):
+        wgsef.ProxSGD(mixed, capturable=True)

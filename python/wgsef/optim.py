@@ -2,7 +2,8 @@
 
 Each step is ``p <- prox_{lr * lam * WGSEF}(p - lr * d_p)``: the SGD direction
 ``d_p`` (momentum, dampening, Nesterov, L2 weight decay, maximize) is exactly
-``torch.optim.SGD``'s, computed by torch's own functional ``sgd``; then one
+``torch.optim.SGD``'s, computed by torch's own functional ``sgd`` (or, with
+``capturable=True``, by foreach ops that read ``lr`` from a device tensor); then one
 native call (``torch.ops.wgsef.prox_multi_``) applies the proximal step to every
 regularized tensor of the param group.
 """
@@ -98,6 +99,26 @@ def _as_tensor(value: float | Tensor | Sequence[float]) -> Tensor:
     return torch.tensor(value, dtype=torch.float64)
 
 
+def _sgd_on_device(params: list[Tensor], grads: list[Tensor], bufs: list[Tensor | None], lr: Tensor,
+                   group: dict[str, Any]) -> None:
+    """torch.optim.SGD's update with lr read from a device tensor: no host sync, so
+    the step can be captured in a CUDA graph (after a first step created the buffers).
+    """
+    if group["maximize"]:
+        grads = torch._foreach_neg(grads)
+    if group["weight_decay"] != 0:
+        grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+    momentum = group["momentum"]
+    if momentum != 0:
+        for i, buf in enumerate(bufs):
+            if buf is None:
+                bufs[i] = grads[i].detach().clone()
+            else:
+                buf.mul_(momentum).add_(grads[i], alpha=1 - group["dampening"])
+        grads = torch._foreach_add(grads, bufs, alpha=momentum) if group["nesterov"] else bufs
+    torch._foreach_sub_(params, torch._foreach_mul(grads, lr))
+
+
 def _check_lam(lam: Any, n: int, shared: bool) -> None:
     values = lam.detach().reshape(-1).tolist() if isinstance(lam, Tensor) else (
         list(lam) if isinstance(lam, (list, tuple)) else [lam]
@@ -154,6 +175,17 @@ class ProxSGD(Optimizer):
     a kept group becomes exactly zero). The masks are optimizer state, so they
     survive ``state_dict``/``load_state_dict``.
 
+        capturable: ``True`` makes :meth:`step` free of host synchronisation, so that
+            it can be captured in a CUDA graph (``torch.cuda.graph``) once a first,
+            uncaptured step has created the momentum buffers and device copies. The
+            SGD update then runs as foreach ops that read ``lr`` from a device tensor
+            (equal to ``torch.optim.SGD`` up to rounding), and ``lr`` and ``lam`` go
+            to ``prox_multi_`` as device tensors. Tensors on the params' device are
+            read in place on every step (update them in place, e.g. ``lr.fill_(...)``,
+            to schedule a captured step); Python numbers are copied to the device
+            when they change, which cannot happen inside a capture. The params of a
+            group must share one device.
+
     The SGD part is torch's own (``torch.optim.sgd.sgd``), so it allocates what
     ``torch.optim.SGD`` does (nothing full-size without weight decay, beyond the
     momentum buffers); the prox works in place.
@@ -175,13 +207,15 @@ class ProxSGD(Optimizer):
         shared_k: bool = False,
         maximize: bool = False,
         foreach: bool | None = None,
+        capturable: bool = False,
     ) -> None:
         defaults = dict(
             lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
             nesterov=nesterov, maximize=maximize, foreach=foreach, differentiable=False,
-            lam=lam, k=k, groups=groups, weights=weights, shared_k=shared_k,
+            lam=lam, k=k, groups=groups, weights=weights, shared_k=shared_k, capturable=capturable,
         )
         self._plans: dict[int, tuple[tuple, _Plan]] = {}
+        self._device_scalars: dict[tuple[int, str], tuple[Any, Tensor]] = {}
         super().__init__(params, defaults)
 
     def _plan(self, group: dict[str, Any]) -> _Plan:
@@ -218,12 +252,17 @@ class ProxSGD(Optimizer):
         if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
             raise ValueError("nesterov: requires momentum > 0 and dampening = 0")
         _check_lam(group["lam"], len(group["params"]), bool(group["shared_k"]))
+        if not isinstance(group["capturable"], bool):
+            raise TypeError(f"capturable: expected a bool, got {type(group['capturable']).__name__}")
+        if group["capturable"] and len({p.device for p in group["params"]}) > 1:
+            raise ValueError("capturable: the params of a param group must share one device")
         if group["k"] is not None:
             self._plan(group)  # raises on groups, weights or k that do not fit the parameters
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self._plans = {}
+        self._device_scalars = {}
         for group in self.param_groups:
             for key, default in self.defaults.items():
                 group.setdefault(key, default)
@@ -256,13 +295,16 @@ class ProxSGD(Optimizer):
                 bufs.append(self.state[p].get("momentum_buffer"))
             if not params:
                 continue
-            sgd_functional(
-                params, grads, bufs,
-                weight_decay=group["weight_decay"], momentum=group["momentum"], lr=group["lr"],
-                dampening=group["dampening"], nesterov=group["nesterov"],
-                maximize=group["maximize"], has_sparse_grad=False, foreach=group["foreach"],
-                fused=None, grad_scale=None, found_inf=None,
-            )
+            if group["capturable"]:
+                _sgd_on_device(params, grads, bufs, self._on_device(group, "lr", params[0].device), group)
+            else:
+                sgd_functional(
+                    params, grads, bufs,
+                    weight_decay=group["weight_decay"], momentum=group["momentum"], lr=group["lr"],
+                    dampening=group["dampening"], nesterov=group["nesterov"],
+                    maximize=group["maximize"], has_sparse_grad=False, foreach=group["foreach"],
+                    fused=None, grad_scale=None, found_inf=None,
+                )
             if group["momentum"] != 0:
                 for p, buf in zip(params, bufs):
                     self.state[p]["momentum_buffer"] = buf
@@ -270,6 +312,22 @@ class ProxSGD(Optimizer):
             if frozen or self._regularized(group):
                 self._proximal_step(group, with_grad=[p.grad is not None for p in group["params"]])
         return loss
+
+    def _on_device(self, group: dict[str, Any], name: str, device: torch.device) -> Tensor:
+        """group[name] as a tensor on `device`: a tensor already there is used as is; a
+        number or a tensor elsewhere is copied once per value and kept."""
+        value = group[name]
+        if isinstance(value, Tensor) and value.device == device:
+            return value
+        key = (id(group), name)
+        cached = self._device_scalars.get(key)
+        if cached is not None and cached[0] is value:
+            return cached[1]
+        if isinstance(value, (list, tuple)):
+            value = list(value)
+        tensor = torch.as_tensor(value, dtype=torch.float64, device=device)
+        self._device_scalars[key] = (group[name], tensor)
+        return tensor
 
     def _proximal_step(self, group: dict[str, Any], with_grad: list[bool]) -> None:
         """The prox on the group's params; per-tensor terms skip params without a
@@ -290,7 +348,9 @@ class ProxSGD(Optimizer):
             return
         take = [True] * len(params) if plan.shared else with_grad
         chosen = [i for i, t in enumerate(take) if t]
-        lam = _as_tensor(group["lam"])
+        capturable = group["capturable"]
+        device = params[0].device
+        lam = self._on_device(group, "lam", device) if capturable else _as_tensor(group["lam"])
         if lam.numel() > 1 and not plan.shared:
             lam = lam[chosen] if len(chosen) < len(params) else lam
         ids = [plan.group_ids[i] for i in chosen]
@@ -302,7 +362,7 @@ class ProxSGD(Optimizer):
             weights if any(w is not None for w in weights) else [],
             plan.k if plan.shared else [plan.k[i] for i in chosen],
             lam,
-            _as_tensor(group["lr"]),
+            self._on_device(group, "lr", device) if capturable else _as_tensor(group["lr"]),
             plan.shared,
         )
 
