@@ -9,6 +9,12 @@
 #endif
 #define WGSEF_ALWAYS_INLINE inline __attribute__((always_inline))
 
+// The vectorised N:M selection needs __builtin_shufflevector (Clang, GCC >= 12);
+// older compilers build the scalar selection instead.
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
+#define WGSEF_HAVE_SHUFFLEVECTOR 1
+#endif
+
 namespace wgsef::cpu {
 
 // True when the CPU has AVX2 and FMA (x86-64 only) and the environment

@@ -15,6 +15,15 @@
 namespace wgsef::cpu {
 namespace {
 
+// keep for groups of m (any n), one group at a time on integer keys
+void select_scalar(const float* w, int64_t count, int64_t m, int64_t n, uint8_t* keep, uint32_t* scratch) {
+  for (int64_t g = 0; g < count; g += m) {
+    for (int64_t j = 0; j < m; ++j) scratch[j] = nm::rank_key(w[g + j]);
+    nm::select_top_n(scratch, 1, m, n, keep + g, scratch + m);
+  }
+}
+
+#ifdef WGSEF_HAVE_SHUFFLEVECTOR
 template <int W>
 struct Lanes {
   typedef int32_t i32 __attribute__((vector_size(4 * W)));
@@ -341,10 +350,7 @@ WGSEF_ALWAYS_INLINE void select_lanes(const float* w, int64_t count, int64_t m, 
     for (int64_t g = 0; g < count; g += m) select_large_group<W>(w + g, m, n, keep + g, scratch);
     return;
   }
-  for (int64_t g = 0; g < count; g += m) {
-    for (int64_t j = 0; j < m; ++j) scratch[j] = nm::rank_key(w[g + j]);
-    nm::select_top_n(scratch, 1, m, n, keep + g, scratch + m);
-  }
+  select_scalar(w, count, m, n, keep, scratch);
 }
 
 #ifdef WGSEF_X86_AVX2
@@ -353,6 +359,7 @@ __attribute__((target("avx2,fma"))) void select_avx2(const float* w, int64_t cou
   select_lanes<8>(w, count, m, n, keep, scratch);
 }
 #endif
+#endif  // WGSEF_HAVE_SHUFFLEVECTOR
 
 }  // namespace
 
@@ -363,10 +370,14 @@ void select_float(const float* w, int64_t count, int64_t m, int64_t n, uint8_t* 
     std::fill(keep, keep + count, static_cast<uint8_t>(n > 0));
     return;
   }
+#ifdef WGSEF_HAVE_SHUFFLEVECTOR
 #ifdef WGSEF_X86_AVX2
   if (use_avx2()) return select_avx2(w, count, m, n, keep, scratch);
 #endif
   select_lanes<4>(w, count, m, n, keep, scratch);
+#else
+  select_scalar(w, count, m, n, keep, scratch);
+#endif
 }
 
 }  // namespace wgsef::cpu
