@@ -69,8 +69,8 @@ void id_scale(const T* src, T* dst, const int64_t* ids, int64_t n, const at::opm
 
 }  // namespace
 
-std::vector<double> group_sq_norms(const at::Tensor& x, const GroupArgs& g) {
-  std::vector<double> out(static_cast<size_t>(g.num_groups), 0.0);
+PooledBuffer<double> group_sq_norms(const at::Tensor& x, const GroupArgs& g) {
+  PooledBuffer<double> out(g.num_groups);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "group_sq_norms", [&] {
     const scalar_t* px = x.const_data_ptr<scalar_t>();
     const auto run_sq = [px](int64_t begin, int64_t len) { return run_sum_squares(px + begin, len); };
@@ -90,16 +90,18 @@ std::vector<double> group_sq_norms(const at::Tensor& x, const GroupArgs& g) {
 }
 
 void scale_groups(const at::Tensor& src, const at::Tensor& dst, const GroupArgs& g,
-                  const std::vector<double>& factors) {
+                  const double* factors) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, src.scalar_type(), "scale_groups", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const std::vector<acc_t> f(factors.begin(), factors.end());
+    PooledBuffer<acc_t> converted(g.num_groups);
+    acc_t* f = converted.data();
+    std::copy(factors, factors + g.num_groups, f);
     const scalar_t* s = src.const_data_ptr<scalar_t>();
     scalar_t* d = dst.mutable_data_ptr<scalar_t>();
     if (g.group_ids.defined()) {
-      id_scale(s, d, g.group_ids.const_data_ptr<int64_t>(), src.numel(), f.data());
+      id_scale(s, d, g.group_ids.const_data_ptr<int64_t>(), src.numel(), f);
     } else {
-      strided_scale(s, d, g.outer, g.num_groups, g.inner, f.data());
+      strided_scale(s, d, g.outer, g.num_groups, g.inner, f);
     }
   });
 }

@@ -20,11 +20,11 @@ void prox_into(const char* op, const at::Tensor& src, const at::Tensor& dst, int
   check_lam_value(op, l);
   attach_weights(op, g, src, weights);
   const double* d = host_weights(op, g);
-  const std::vector<double> sq = group_sq_norms(src, g);
-  std::vector<double> factors(static_cast<size_t>(g.num_groups));
+  const PooledBuffer<double> sq = group_sq_norms(src, g);
+  PooledBuffer<double> factors(g.num_groups);
   WorkspaceLease ws;
   prox_factors(sq.data(), d, g.num_groups, k, l, factors.data(), ws.get());
-  scale_groups(src, dst, g, factors);
+  scale_groups(src, dst, g, factors.data());
 }
 
 at::Tensor prox(const at::Tensor& x, int64_t k, const at::Tensor& lam,

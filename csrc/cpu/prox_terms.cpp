@@ -43,11 +43,11 @@ void apply_prox_terms(const char* op, std::vector<TermMember>& members, at::IntA
     // finds a tensor that fits the last-level cache still there
     for (size_t i = 0; i < members.size(); ++i) {
       TermMember& m = members[i];
-      const std::vector<double> sq = group_sq_norms(m.data, m.groups);
-      std::vector<double> factors(sq.size());
+      const PooledBuffer<double> sq = group_sq_norms(m.data, m.groups);
+      PooledBuffer<double> factors(sq.size());
       prox_factors(sq.data(), host_weights(op, m.groups), m.groups.num_groups, k[i], strengths[i],
                    factors.data(), ws.get());
-      scale_groups(m.data, m.data, m.groups, factors);
+      scale_groups(m.data, m.data, m.groups, factors.data());
     }
     return;
   }
@@ -59,8 +59,8 @@ void apply_prox_terms(const char* op, std::vector<TermMember>& members, at::IntA
   for (const TermMember& m : members) weighted = weighted || m.groups.weights.defined();
   for (const TermMember& m : members) {
     offsets.push_back(sq.size());
-    const std::vector<double> member_sq = group_sq_norms(m.data, m.groups);
-    sq.insert(sq.end(), member_sq.begin(), member_sq.end());
+    const PooledBuffer<double> member_sq = group_sq_norms(m.data, m.groups);
+    sq.insert(sq.end(), member_sq.data(), member_sq.data() + member_sq.size());
     if (!weighted) continue;
     const double* w = host_weights(op, m.groups);
     if (w) {
@@ -72,11 +72,8 @@ void apply_prox_terms(const char* op, std::vector<TermMember>& members, at::IntA
   std::vector<double> factors(sq.size());
   prox_factors(sq.data(), weighted ? d.data() : nullptr, static_cast<int64_t>(sq.size()), k[0],
                strengths[0], factors.data(), ws.get());
-  for (size_t i = 0; i < members.size(); ++i) {
-    const auto begin = factors.begin() + static_cast<std::ptrdiff_t>(offsets[i]);
-    const std::vector<double> slice(begin, begin + members[i].groups.num_groups);
-    scale_groups(members[i].data, members[i].data, members[i].groups, slice);
-  }
+  for (size_t i = 0; i < members.size(); ++i)
+    scale_groups(members[i].data, members[i].data, members[i].groups, factors.data() + offsets[i]);
 }
 
 }  // namespace wgsef::cpu

@@ -16,10 +16,10 @@ namespace {
 at::Tensor group_norms(const at::Tensor& x, const std::optional<at::Tensor>& group_ids,
                        int64_t num_groups) {
   const GroupArgs g = check_group_args("group_norms", x, group_ids, num_groups);
-  std::vector<double> sq = group_sq_norms(x.contiguous(), g);
+  const PooledBuffer<double> sq = group_sq_norms(x.contiguous(), g);
   at::Tensor out = at::empty({g.num_groups}, x.options().dtype(at::kDouble));
   double* p = out.mutable_data_ptr<double>();
-  for (int64_t i = 0; i < g.num_groups; ++i) p[i] = std::sqrt(sq[i]);
+  for (int64_t i = 0; i < g.num_groups; ++i) p[i] = std::sqrt(sq.data()[i]);
   return out.to(c10::promoteTypes(x.scalar_type(), at::kFloat));
 }
 
@@ -29,7 +29,7 @@ at::Tensor value(const at::Tensor& x, int64_t k, const std::optional<at::Tensor>
   check_k("value", k);
   attach_weights("value", g, x, weights);
   const double* d = host_weights("value", g);
-  const std::vector<double> sq = group_sq_norms(x.contiguous(), g);
+  const PooledBuffer<double> sq = group_sq_norms(x.contiguous(), g);
   WorkspaceLease ws;
   return at::scalar_tensor(envelope_value(sq.data(), d, g.num_groups, k, ws.get()), x.options());
 }
@@ -44,14 +44,14 @@ at::Tensor value_backward(const at::Tensor& grad, const at::Tensor& x, int64_t k
   attach_weights("value_backward", g, x, weights);
   const double* d = host_weights("value_backward", g);
   const at::Tensor xc = x.contiguous();
-  const std::vector<double> sq = group_sq_norms(xc, g);
-  std::vector<double> scales(static_cast<size_t>(g.num_groups));
+  const PooledBuffer<double> sq = group_sq_norms(xc, g);
+  PooledBuffer<double> scales(g.num_groups);
   WorkspaceLease ws;
   envelope_grad_scales(sq.data(), d, g.num_groups, k, scales.data(), ws.get());
   const double upstream = grad.item<double>();
-  for (double& s : scales) s *= upstream;
+  for (int64_t i = 0; i < scales.size(); ++i) scales.data()[i] *= upstream;
   at::Tensor out = at::empty_like(xc);
-  scale_groups(xc, out, g, scales);
+  scale_groups(xc, out, g, scales.data());
   return out;
 }
 

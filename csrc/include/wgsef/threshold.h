@@ -229,15 +229,26 @@ inline double solve_threshold(double* uc, double* uw, int64_t m, int64_t k, doub
   return eta;
 }
 
-// Scratch memory for the search, 6 doubles per group; keep one alive across
-// calls to avoid fresh page faults on every call.
+// Scratch memory for the search: 6 doubles per open group plus `extra`; keep
+// one alive across calls to avoid fresh page faults on every call.
 struct Workspace {
   std::vector<double> data;
-  double* reserve(int64_t m) {
-    if (data.size() < static_cast<size_t>(6 * m)) data.resize(static_cast<size_t>(6 * m));
+  double* reserve(int64_t m, int64_t extra = 0) {
+    const size_t need = static_cast<size_t>(6 * m + extra);
+    if (data.size() < need) data.resize(need);
     return data.data();
   }
 };
+
+// root[i] = sqrt(d_i * sq_norms[i]) for every group, in a loop of its own so
+// that the square roots vectorise.
+inline void weighted_roots(const double* sq_norms, const double* d, int64_t m, double* root) {
+  if (d) {
+    for (int64_t i = 0; i < m; ++i) root[i] = std::sqrt(d[i] * sq_norms[i]);
+  } else {
+    for (int64_t i = 0; i < m; ++i) root[i] = std::sqrt(sq_norms[i]);
+  }
+}
 
 // Per-group factors f_i with prox_{lam*WGSEF}(v)_{G_i} = f_i * v_{G_i}.
 //   sq_norms[i] = ||v_{G_i}||^2, d = group weights (nullptr: all 1), lam >= 0, k >= 0.
@@ -267,22 +278,22 @@ inline void prox_factors(const double* sq_norms, const double* d, int64_t m, int
     for (int64_t i = 0; i < m; ++i) factors[i] = 1.0 / (1.0 + lam * (d ? d[i] : 1.0));
     return;
   }
-  double* c = ws.reserve(nonzero);
+  double* c = ws.reserve(nonzero, m);
   double* w = c + nonzero;
+  double* root = c + 6 * nonzero;
+  weighted_roots(sq_norms, d, m, root);
   for (int64_t i = 0, j = 0; i < m; ++i) {
     if (sq_norms[i] > 0.0) {
-      const double di = d ? d[i] : 1.0;
-      c[j] = std::sqrt(di * sq_norms[i]);
-      w[j] = lam * di;
+      c[j] = root[i];
+      w[j] = lam * (d ? d[i] : 1.0);
       ++j;
     }
   }
   const double eta = solve_threshold(c, w, nonzero, k, w + nonzero, stats);
   for (int64_t i = 0; i < m; ++i) {
     if (sq_norms[i] > 0.0) {
-      const double di = d ? d[i] : 1.0;
-      const double wi = lam * di;
-      const double u = detail::snapped_share(std::sqrt(di * sq_norms[i]), eta, wi);
+      const double wi = lam * (d ? d[i] : 1.0);
+      const double u = detail::snapped_share(root[i], eta, wi);
       factors[i] = u / (u + wi);
     } else {
       factors[i] = 0.0;
