@@ -9,7 +9,7 @@ mkdir -p "$OUT"
 export TORCH_CUDA_ARCH_LIST=9.0 PYTHONUNBUFFERED=1 WGSEF_CUDA=ON
 SITE=/tmp/wgsef-site
 {
-  date; nvidia-smi; nvcc --version; cmake --version | head -1; command -v compute-sanitizer
+  date; nvidia-smi; nvcc --version; c++ --version | head -1; cmake --version | head -1; command -v compute-sanitizer
   python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
@@ -21,7 +21,7 @@ export PYTHONPATH="$SITE"
 python3 -c "import wgsef; print('wgsef with_cuda =', wgsef.with_cuda)" | tee -a "$OUT/build.log"
 
 echo "== CUDA tests" | tee "$OUT/tests.log"
-timeout 150 python3 -m pytest -q -m cuda -x -p no:cacheprovider tests/test_cuda.py >> "$OUT/tests.log" 2>&1
+timeout 150 python3 -m pytest -q -m cuda -p no:cacheprovider tests/test_cuda.py >> "$OUT/tests.log" 2>&1
 tail -5 "$OUT/tests.log"
 
 echo "== compute-sanitizer" | tee "$OUT/sanitizer.log"
