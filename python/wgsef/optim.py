@@ -110,12 +110,19 @@ def _sgd_on_device(params: list[Tensor], grads: list[Tensor], bufs: list[Tensor 
         grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
     momentum = group["momentum"]
     if momentum != 0:
-        for i, buf in enumerate(bufs):
-            if buf is None:
-                bufs[i] = grads[i].detach().clone()
-            else:
-                buf.mul_(momentum).add_(grads[i], alpha=1 - group["dampening"])
+        if all(buf is not None for buf in bufs):
+            torch._foreach_mul_(bufs, momentum)
+            torch._foreach_add_(bufs, grads, alpha=1 - group["dampening"])
+        else:  # the first step: buffers start as the direction
+            for i, buf in enumerate(bufs):
+                if buf is None:
+                    bufs[i] = grads[i].detach().clone()
+                else:
+                    buf.mul_(momentum).add_(grads[i], alpha=1 - group["dampening"])
         grads = torch._foreach_add(grads, bufs, alpha=momentum) if group["nesterov"] else bufs
+    # lr as float32 (float64 for float64 params): float32 params then stay on
+    # foreach's fused path, and 16-bit params do not round lr to 16 bits
+    lr = lr.to(torch.float64 if params[0].dtype == torch.float64 else torch.float32)
     torch._foreach_sub_(params, torch._foreach_mul(grads, lr))
 
 
