@@ -214,8 +214,28 @@ WGSEF_ALWAYS_INLINE void first_max_groups(const float* w, int64_t count, int64_t
       const lanes_t<W> at = lane + static_cast<int32_t>(v);
       first = lanes_min<W>(first, load_keys<W>(w + g + v) == best ? at : first);
     }
-    first = spread_min<W>(first);
-    for (int64_t v = 0; v < m; v += W) store_keep<W>(lane + static_cast<int32_t>(v) == first, keep + g + v);
+    std::memset(keep + g, 0, static_cast<size_t>(m));
+    keep[g + spread_min<W>(first)[0]] = 1;
+  }
+}
+
+// n = 1 for groups of a fixed M = V * W: keys stay in registers, the maxima
+// and first indices are reduced as a tree.
+template <int W, int M>
+WGSEF_ALWAYS_INLINE void first_max_fixed(const float* w, int64_t count, uint8_t* keep) {
+  constexpr int V = M / W;
+  const lanes_t<W> lane = lane_index<W>();
+  for (int64_t g = 0; g < count; g += M) {
+    lanes_t<W> key[V];
+    for (int v = 0; v < V; ++v) key[v] = load_keys<W>(w + g + v * W);
+    lanes_t<W> best = key[0];
+    for (int v = 1; v < V; ++v) best = lanes_max<W>(best, key[v]);
+    best = spread_max<W>(best);
+    lanes_t<W> first = lanes_t<W>{} + M;
+    for (int v = V - 1; v >= 0; --v) first = lanes_min<W>(first, key[v] == best ? lane + v * W : first);
+    // one kept entry: clear the group's bytes and set one
+    std::memset(keep + g, 0, M);
+    keep[g + spread_min<W>(first)[0]] = 1;
   }
 }
 
@@ -388,8 +408,8 @@ WGSEF_ALWAYS_INLINE void select_lanes(const float* w, int64_t count, int64_t m, 
       if (n > 1) return rank_groups<W, 8>(w, count, rank_n, keep);
       if constexpr (W == 8) return first_max_of_eight(w, count, keep);
       return first_max_groups<W>(w, count, m, keep);
-    case 16: return n == 1 ? first_max_groups<W>(w, count, m, keep) : rank_groups<W, 16>(w, count, rank_n, keep);
-    case 32: return n == 1 ? first_max_groups<W>(w, count, m, keep) : rank_groups<W, 32>(w, count, rank_n, keep);
+    case 16: return n == 1 ? first_max_fixed<W, 16>(w, count, keep) : rank_groups<W, 16>(w, count, rank_n, keep);
+    case 32: return n == 1 ? first_max_fixed<W, 32>(w, count, keep) : rank_groups<W, 32>(w, count, rank_n, keep);
     default: break;
   }
   if (m % W == 0 && n == 1) return first_max_groups<W>(w, count, m, keep);
