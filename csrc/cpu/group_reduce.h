@@ -13,22 +13,27 @@ namespace wgsef::cpu {
 
 // A per-group array (norms, factors) whose memory is kept per thread between
 // calls: with 1e5+ groups, fresh arrays would page-fault on every call (several
-// ms per call on these machines). Arrays above 64 MiB are released.
+// ms per call on these machines). A thread keeps at most 64 MiB of them.
 template <typename T>
 class PooledBuffer {
  public:
   explicit PooledBuffer(int64_t n) {
-    std::vector<std::vector<T>>& free = pool();
-    if (!free.empty()) {
-      buf_ = std::move(free.back());
-      free.pop_back();
+    Pool& p = pool();
+    if (!p.free.empty()) {
+      buf_ = std::move(p.free.back());
+      p.free.pop_back();
+      p.bytes -= buf_.capacity() * sizeof(T);
     }
     buf_.assign(static_cast<size_t>(n), T(0));
   }
   ~PooledBuffer() {
     constexpr size_t kKeepBytes = size_t{64} << 20;
+    Pool& p = pool();
     const size_t bytes = buf_.capacity() * sizeof(T);
-    if (bytes > 0 && bytes <= kKeepBytes) pool().push_back(std::move(buf_));
+    if (bytes > 0 && p.bytes + bytes <= kKeepBytes) {
+      p.bytes += bytes;
+      p.free.push_back(std::move(buf_));
+    }
   }
   PooledBuffer(const PooledBuffer&) = delete;
   PooledBuffer& operator=(const PooledBuffer&) = delete;
@@ -39,9 +44,13 @@ class PooledBuffer {
   int64_t size() const { return static_cast<int64_t>(buf_.size()); }
 
  private:
-  static std::vector<std::vector<T>>& pool() {
-    thread_local std::vector<std::vector<T>> free;
-    return free;
+  struct Pool {
+    std::vector<std::vector<T>> free;
+    size_t bytes = 0;
+  };
+  static Pool& pool() {
+    thread_local Pool p;
+    return p;
   }
   std::vector<T> buf_;
 };
