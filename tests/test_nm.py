@@ -325,3 +325,13 @@ def test_check_nm_reports_invalid_layers():
     assert (row.max_nonzeros, row.valid) == (2, False)
     (row,) = check_nm(lin, 2, 4)
     assert row.valid
+
+
+@pytest.mark.parametrize("groups", [1, 3, 5, 1023, 1025])
+def test_group_counts_that_leave_a_partial_vector(groups):
+    # 2:4 groups fill half of an 8-lane vector: an odd count ends inside one
+    # (the kernel pads that last vector itself; checked with AddressSanitizer)
+    w = torch.randn(groups * 4)
+    for n in (1, 2, 3):
+        assert torch.equal(wgsef.nm_mask(w, n, 4), ref_mask_sort(w, n, 4, -1))
+        assert torch.equal(wgsef.nm_mask(w.half(), n, 4), ref_mask_sort(w.half(), n, 4, -1))

@@ -151,11 +151,22 @@ WGSEF_ALWAYS_INLINE void rank_across(const lanes_t<W> (&key)[V], lanes_t<W> (&ra
 template <int W, int M>
 WGSEF_ALWAYS_INLINE void rank_groups(const float* w, int64_t count, int n, uint8_t* keep) {
   if constexpr (M <= W) {
-    for (int64_t e = 0; e < count; e += W) {
-      const lanes_t<W> key = load_keys<W>(w + e);
+    const auto rank_vector = [n](const float* values, uint8_t* out) {
+      const lanes_t<W> key = load_keys<W>(values);
       lanes_t<W> rank{};
       rank_within<W, M>(key, rank);
-      store_keep<W>(rank > -n, keep + e);
+      store_keep<W>(rank > -n, out);
+    };
+    int64_t e = 0;
+    for (; e + W <= count; e += W) rank_vector(w + e, keep + e);
+    if (e < count) {
+      // the last groups fill part of a vector: pad them with whole zero groups,
+      // which rank among themselves only, so nothing is read or written past count
+      float values[W] = {};
+      uint8_t kept[W];
+      std::memcpy(values, w + e, static_cast<size_t>(count - e) * sizeof(float));
+      rank_vector(values, kept);
+      std::memcpy(keep + e, kept, static_cast<size_t>(count - e));
     }
   } else {
     constexpr int V = M / W;
