@@ -380,3 +380,22 @@ def test_capturable_reads_a_tensor_lr_in_place_and_rejects_bad_options():
     mixed = [nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(2, device="meta"))]
     with pytest.raises(ValueError, match="capturable: the params of a param group must share one device"):
         wgsef.ProxSGD(mixed, capturable=True)
+
+
+def test_capturable_per_tensor_lam_with_a_param_lacking_its_gradient():
+    # per-tensor lam entries follow the params that have a gradient this step
+    models = [small_model(), small_model()]
+    opts = []
+    for m, cap in zip(models, (False, True)):
+        convs = [m[0].weight, m[2].weight]
+        opts.append(wgsef.ProxSGD([{"params": convs, "k": 0.5, "lam": [0.2, 0.4]}], lr=0.05, momentum=0.9,
+                                  capturable=cap))
+    for step in range(3):
+        for m, opt in zip(models, opts):
+            x, y = batch(step)
+            opt.zero_grad()
+            nn.functional.cross_entropy(m(x), y).backward()
+            m[0].weight.grad = None  # the first conv sits this step out
+            opt.step()
+    for pa, pb in zip(*(m.parameters() for m in models)):
+        torch.testing.assert_close(pb, pa, rtol=1e-12, atol=1e-14)

@@ -358,8 +358,14 @@ class ProxSGD(Optimizer):
         capturable = group["capturable"]
         device = params[0].device
         lam = self._on_device(group, "lam", device) if capturable else _as_tensor(group["lam"])
-        if lam.numel() > 1 and not plan.shared:
-            lam = lam[chosen] if len(chosen) < len(params) else lam
+        if lam.numel() > 1 and not plan.shared and len(chosen) < len(params):
+            if capturable:  # an index tensor already on the device: no copy in the step
+                key = (id(group), f"lam_index{tuple(chosen)}")
+                if key not in self._device_scalars:
+                    self._device_scalars[key] = (None, torch.tensor(chosen, device=device))
+                lam = lam.index_select(0, self._device_scalars[key][1])
+            else:
+                lam = lam[chosen]
         ids = [plan.group_ids[i] for i in chosen]
         weights = [plan.weights[i] for i in chosen]
         ops.prox_multi_(
