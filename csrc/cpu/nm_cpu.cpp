@@ -49,10 +49,7 @@ inline void select_groups(const float* values, int64_t count, int64_t m, int64_t
 }
 inline void select_groups(const double* values, int64_t count, int64_t m, int64_t n, uint8_t* keep,
                           std::vector<uint64_t>& scratch) {
-  for (int64_t g = 0; g < count; g += m) {
-    for (int64_t j = 0; j < m; ++j) scratch[j] = nm::rank_key(values[g + j]);
-    nm::select_top_n(scratch.data(), 1, m, n, keep + g, scratch.data() + m);
-  }
+  nm::select_values(values, count, m, n, keep, scratch.data());
 }
 
 // out = w * (keep ? 1 : pruned), written so that the compiler vectorises it:

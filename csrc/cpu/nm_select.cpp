@@ -15,14 +15,6 @@
 namespace wgsef::cpu {
 namespace {
 
-// keep for groups of m (any n), one group at a time on integer keys
-void select_scalar(const float* w, int64_t count, int64_t m, int64_t n, uint8_t* keep, uint32_t* scratch) {
-  for (int64_t g = 0; g < count; g += m) {
-    for (int64_t j = 0; j < m; ++j) scratch[j] = nm::rank_key(w[g + j]);
-    nm::select_top_n(scratch, 1, m, n, keep + g, scratch + m);
-  }
-}
-
 #ifdef WGSEF_HAVE_SHUFFLEVECTOR
 template <int W>
 struct Lanes {
@@ -186,30 +178,26 @@ template <int W, int S, int... L>
 WGSEF_ALWAYS_INLINE lanes_t<W> swap_xor(lanes_t<W> v, std::integer_sequence<int, L...>) {
   return __builtin_shufflevector(v, v, (L ^ S)...);
 }
-// every lane gets the max (min, sum) over the W lanes
-template <int W, int S = W / 2>
+// every lane gets combine() over the W lanes (max, min, sum), in log2(W) steps
+template <int W, int S = W / 2, typename Combine>
+WGSEF_ALWAYS_INLINE lanes_t<W> spread(lanes_t<W> v, Combine combine) {
+  if constexpr (S == 0) {
+    return v;
+  } else {
+    return spread<W, S / 2>(combine(v, swap_xor<W, S>(v, std::make_integer_sequence<int, W>{})), combine);
+  }
+}
+template <int W>
 WGSEF_ALWAYS_INLINE lanes_t<W> spread_max(lanes_t<W> v) {
-  if constexpr (S == 0) {
-    return v;
-  } else {
-    return spread_max<W, S / 2>(lanes_max<W>(v, swap_xor<W, S>(v, std::make_integer_sequence<int, W>{})));
-  }
+  return spread<W>(v, [](lanes_t<W> a, lanes_t<W> b) { return lanes_max<W>(a, b); });
 }
-template <int W, int S = W / 2>
+template <int W>
 WGSEF_ALWAYS_INLINE lanes_t<W> spread_min(lanes_t<W> v) {
-  if constexpr (S == 0) {
-    return v;
-  } else {
-    return spread_min<W, S / 2>(lanes_min<W>(v, swap_xor<W, S>(v, std::make_integer_sequence<int, W>{})));
-  }
+  return spread<W>(v, [](lanes_t<W> a, lanes_t<W> b) { return lanes_min<W>(a, b); });
 }
-template <int W, int S = W / 2>
+template <int W>
 WGSEF_ALWAYS_INLINE lanes_t<W> spread_sum(lanes_t<W> v) {
-  if constexpr (S == 0) {
-    return v;
-  } else {
-    return spread_sum<W, S / 2>(v + swap_xor<W, S>(v, std::make_integer_sequence<int, W>{}));
-  }
+  return spread<W>(v, [](lanes_t<W> a, lanes_t<W> b) { return a + b; });
 }
 
 // n = 1 for groups of any multiple of W: the first lane holding the group max.
@@ -399,14 +387,7 @@ WGSEF_ALWAYS_INLINE void select_large_group(const float* w, int64_t m, int64_t n
   // threshold, ties at it kept in index order; zero padding can matter only
   // when the threshold is 0, and then every key is a candidate (count = m)
   std::fill(cand_key + count, cand_key + vectors * W, 0u);
-  const uint32_t threshold = nth_largest<W>(cand_key, vectors * W, n);
-  int64_t ties = n;
-  for (int64_t c = 0; c < count; ++c) ties -= cand_key[c] > threshold;
-  for (int64_t c = 0; c < count; ++c) {
-    const bool tie = cand_key[c] == threshold && ties > 0;
-    ties -= tie;
-    keep[cand_index[c]] = cand_key[c] > threshold || tie;
-  }
+  nm::keep_above_threshold(cand_key, cand_index, count, n, nth_largest<W>(cand_key, vectors * W, n), keep);
 }
 
 template <int W>
@@ -428,7 +409,7 @@ WGSEF_ALWAYS_INLINE void select_lanes(const float* w, int64_t count, int64_t m, 
     for (int64_t g = 0; g < count; g += m) select_large_group<W>(w + g, m, n, keep + g, scratch);
     return;
   }
-  select_scalar(w, count, m, n, keep, scratch);
+  nm::select_values(w, count, m, n, keep, scratch);
 }
 
 #ifdef WGSEF_X86_AVX2
@@ -454,7 +435,7 @@ void select_float(const float* w, int64_t count, int64_t m, int64_t n, uint8_t* 
 #endif
   select_lanes<4>(w, count, m, n, keep, scratch);
 #else
-  select_scalar(w, count, m, n, keep, scratch);
+  nm::select_values(w, count, m, n, keep, scratch);
 #endif
 }
 

@@ -86,6 +86,21 @@ inline bool with_constant_m(int64_t m, F&& f) {
   }
 }
 
+// Candidates (in index order, all others pruned) given the n-th largest key:
+// keep the keys above it and, of the keys equal to it, the first ones until n
+// are kept.
+template <typename K, typename I>
+inline void keep_above_threshold(const K* cand_key, const I* cand_index, int64_t count, int64_t n,
+                                 K threshold, uint8_t* keep) {
+  int64_t ties = n;
+  for (int64_t c = 0; c < count; ++c) ties -= cand_key[c] > threshold;
+  for (int64_t c = 0; c < count; ++c) {
+    const bool tie = cand_key[c] == threshold && ties > 0;
+    ties -= tie;
+    keep[cand_index[c]] = cand_key[c] > threshold || tie;
+  }
+}
+
 // One large group (m > 16, 2 <= n < m). Split it into n slices: the smallest
 // of their maxima is a lower bound on the n-th largest key (each slice holds
 // one key at least that large), so only keys at or above it can be kept. On
@@ -114,14 +129,7 @@ inline void select_large(const K* key, int64_t m, int64_t n, uint8_t* keep, K* s
   K* sorted = scratch + 2 * m;
   std::copy(cand_key, cand_key + count, sorted);
   std::nth_element(sorted, sorted + (n - 1), sorted + count, std::greater<K>());
-  const K threshold = sorted[n - 1];
-  int64_t ties = n;
-  for (int64_t c = 0; c < count; ++c) ties -= cand_key[c] > threshold;
-  for (int64_t c = 0; c < count; ++c) {
-    const bool tie = cand_key[c] == threshold && ties > 0;
-    ties -= tie;
-    keep[cand_index[c]] = cand_key[c] > threshold || tie;
-  }
+  keep_above_threshold(cand_key, cand_index, count, n, sorted[n - 1], keep);
 }
 
 // keep[g*m + j] = 1 for the n best-ranked keys of every group g of a block of
@@ -150,6 +158,16 @@ inline void select_top_n(const K* key, int64_t groups, int64_t m, int64_t n, uin
     return;
   }
   for (int64_t g = 0; g < total; g += m) select_large(key + g, m, n, keep + g, scratch);
+}
+
+// The n best of every group of m among `count` values, one group at a time
+// through its keys (keys holds 4m entries).
+template <typename T, typename K>
+inline void select_values(const T* values, int64_t count, int64_t m, int64_t n, uint8_t* keep, K* keys) {
+  for (int64_t g = 0; g < count; g += m) {
+    for (int64_t j = 0; j < m; ++j) keys[j] = rank_key(values[g + j]);
+    select_top_n(keys, 1, m, n, keep + g, keys + m);
+  }
 }
 
 }  // namespace wgsef::nm
