@@ -27,9 +27,9 @@ def value(x: torch.Tensor, k: int, groups: str = "filters") -> torch.Tensor:
     if int((z > 0).sum()) <= k:
         return 0.5 * (z**2).sum()
     tails = torch.flip(torch.cumsum(torch.flip(z, [0]), 0), [0])  # tails[N] = sum_{i >= N} z_i
-    n = torch.arange(k, dtype=z.dtype)
+    n = torch.arange(k, dtype=z.dtype, device=z.device)
     level = tails[:k] / (k - n)
-    upper = torch.cat([torch.tensor([float("inf")], dtype=z.dtype), z[: k - 1]])
+    upper = torch.cat([torch.full((1,), float("inf"), dtype=z.dtype, device=z.device), z[: k - 1]])
     split = int(torch.nonzero((upper > level) & (level >= z[:k]))[0])
     return 0.5 * ((z[:split] ** 2).sum() + tails[split] ** 2 / (k - split))
 
@@ -48,7 +48,7 @@ def prox_factors(x: torch.Tensor, k: int, lam: float, groups: str = "filters") -
     slope = torch.cumsum(torch.cat([cz, -cz])[order], 0)
     offset = torch.cumsum(torch.cat([-lam * ones, (lam + 1) * ones])[order], 0)
     h = slope * points + offset - k  # h just right of each breakpoint (h is continuous)
-    j = int(torch.searchsorted(h, torch.zeros(1, dtype=h.dtype)))
+    j = int(torch.searchsorted(h, torch.zeros(1, dtype=h.dtype, device=h.device)))
     eta = points[j] if h[j] == 0 else (k - offset[j - 1]) / slope[j - 1]
     t = cz * eta - lam
     t = torch.where(t.abs() <= 8 * torch.finfo(t.dtype).eps * torch.maximum(cz * eta, lam * ones), 0, t)
@@ -82,9 +82,10 @@ _PATTERNS_2_4 = torch.tensor([[1, 1, 0, 0], [1, 0, 1, 0], [1, 0, 0, 1], [0, 1, 1
 
 def nm_mask_2_4_patterns(w: torch.Tensor) -> torch.Tensor:
     """apex ASP's m4n2_1d: score the 6 patterns of each group of 4, keep the best."""
+    patterns = _PATTERNS_2_4.to(w.device)
     groups = w.abs().reshape(-1, 4).float()
-    best = torch.argmax(groups @ _PATTERNS_2_4.t(), dim=1)
-    return _PATTERNS_2_4[best].bool().view_as(w)
+    best = torch.argmax(groups @ patterns.t(), dim=1)
+    return patterns[best].bool().view_as(w)
 
 
 def nm_decay(w: torch.Tensor, n: int, m: int, decay: torch.Tensor) -> torch.Tensor:

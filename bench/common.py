@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import datetime
 import platform
+import statistics
 import subprocess
+import time
 from pathlib import Path
 
 import torch
@@ -14,11 +16,31 @@ from torch.utils.benchmark import Timer
 import wgsef
 
 
-def timed(fn, min_run: float) -> tuple[float, float]:
-    """(median, interquartile range) in seconds of calling fn, with every thread."""
-    m = Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()).blocked_autorange(
-        min_run_time=min_run)
-    return m.median, m.iqr
+def timed(fn, min_run: float, device: torch.device | None = None) -> tuple[float, float]:
+    """(median, interquartile range) in seconds of calling fn: on the CPU by
+    torch.utils.benchmark with every thread, on CUDA by events around blocks of
+    calls (each block ~1 ms or one call), at least 10 blocks and min_run seconds."""
+    if device is None or device.type != "cuda":
+        m = Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()).blocked_autorange(
+            min_run_time=min_run)
+        return m.median, m.iqr
+    torch.cuda.synchronize()
+    begin = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    per_block = max(1, int(1e-3 / max(time.perf_counter() - begin, 1e-7)))
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    deadline = time.perf_counter() + min_run
+    while len(times) < 10 or time.perf_counter() < deadline:
+        start.record()
+        for _ in range(per_block):
+            fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e-3 / per_block)
+    q1, median, q3 = statistics.quantiles(times, n=4)
+    return median, q3 - q1
 
 
 def header() -> dict[str, str]:

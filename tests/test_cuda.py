@@ -34,7 +34,7 @@ def test_ops_match_cpu(shape, groups, dtype):
             gpu = wgsef.prox(xc, k, lam, groups)
             torch.testing.assert_close(gpu.cpu(), cpu, rtol=rtol, atol=atol)
             inplace = xc.clone()
-            wgsef.prox_(inplace, k, torch.tensor(lam, device="cuda"), groups)
+            wgsef.prox_(inplace, k, torch.tensor(lam, dtype=torch.float64, device="cuda"), groups)
             torch.testing.assert_close(inplace, gpu, rtol=0, atol=0)
         v_cpu, v_gpu = wgsef.value(x, k, groups), wgsef.value(xc, k, groups)
         torch.testing.assert_close(v_gpu.cpu(), v_cpu, rtol=max(rtol, 1e-6), atol=atol)
@@ -142,3 +142,72 @@ def test_capturable_proxsgd_step_replays_in_a_cuda_graph(shared):
     torch.cuda.synchronize()
     for a, b in zip(model.parameters(), eager.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_prox_multi_many_tensors_mixed_dtypes_and_large_terms():
+    # more tensors than one launch's table (48), two dtypes interleaved, a term
+    # of 5000 groups (past the 4096 held in registers), groups of every size
+    # class (a thread per group below 32 elements, a warp above), odd inner sizes
+    g = torch.Generator().manual_seed(3)
+    shapes = [(1, 5000, 8), (3, 7, 5), (1, 64, 33), (2, 9, 1), (2, 16, 64)] * 12
+    dtypes = [torch.float32, torch.float64, torch.bfloat16]
+    tensors = [torch.randn(s, generator=g).to(dtypes[i % 3]) for i, s in enumerate(shapes)]
+    layout = [v for s in shapes for v in s]
+    weights = [torch.rand(s[1], generator=g, dtype=torch.float64) + 0.5 if i % 5 == 1 else None
+               for i, s in enumerate(shapes)]
+    for shared in (False, True):
+        k = [3000] if shared else [max(1, s[1] // 2) for s in shapes]
+        lam = torch.tensor([0.05] if shared else [0.05 + 0.01 * (i % 5) for i in range(len(shapes))],
+                           dtype=torch.float64)
+        scale = torch.tensor(0.7, dtype=torch.float64)
+        cpu = [t.clone() for t in tensors]
+        torch.ops.wgsef.prox_multi_(cpu, layout, [], weights, k, lam, scale, shared)
+        gpu = [t.cuda() for t in tensors]
+        torch.ops.wgsef.prox_multi_(gpu, layout, [], [None if w is None else w.cuda() for w in weights], k,
+                                    lam.cuda(), scale.cuda(), shared)
+        for a, b in zip(gpu, cpu):
+            rtol, atol = TOL[b.dtype]
+            torch.testing.assert_close(a.cpu(), b, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("groups", [10, 5000, 20000])
+def test_large_group_counts_match_cpu(groups):
+    x = torch.randn(groups, 12, dtype=torch.float64) * torch.logspace(-3, 3, groups, dtype=torch.float64)[:, None]
+    xc = x.cuda()
+    for k in (1, groups // 3, groups - 1):
+        torch.testing.assert_close(wgsef.prox(xc, k, 0.3).cpu(), wgsef.prox(x, k, 0.3), rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(wgsef.value(xc, k).cpu(), wgsef.value(x, k), rtol=1e-9, atol=0)
+        a = x.clone().requires_grad_(True)
+        b = xc.clone().requires_grad_(True)
+        wgsef.value(a, k).backward()
+        wgsef.value(b, k).backward()
+        torch.testing.assert_close(b.grad.cpu(), a.grad, rtol=1e-9, atol=1e-12)
+
+
+def test_vector_and_scalar_paths_of_the_streaming_kernels():
+    # 16-byte vectors when the inner size is a multiple of the width and the
+    # base is aligned; element loops otherwise (odd inner size, offset views)
+    base = torch.randn(64 * 1024 + 3)
+    for offset, shape in ((0, (64, 1024)), (1, (64, 1024)), (3, (1024, 64)), (0, (256, 255))):
+        n = shape[0] * shape[1]
+        x = base[offset:offset + n].view(shape)
+        for dtype in (torch.float32, torch.float16):
+            xd = x.to(dtype)
+            torch.testing.assert_close(wgsef.prox(xd.cuda(), shape[0] // 2, 0.01).cpu(),
+                                       wgsef.prox(xd, shape[0] // 2, 0.01), **dict(zip(("rtol", "atol"), TOL[dtype])))
+            torch.testing.assert_close(wgsef.group_norms(xd.cuda(), "channels").cpu(),
+                                       wgsef.group_norms(xd, "channels"), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("n,m", [(2, 4), (1, 8), (5, 8), (3, 16), (1, 32), (9, 32)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_nm_contiguous_kernel_and_its_unaligned_fallback(n, m, dtype):
+    w = torch.randn(64, 4 * m + 1).to(dtype)
+    w[:, :8] = torch.round(w[:, :8])  # ties
+    for view in (w[:, :4 * m], w[:, 1:]):  # aligned rows, then a one-element offset
+        wc = view.contiguous()
+        expect = wgsef.nm_mask(wc, n, m)
+        assert torch.equal(wgsef.nm_mask(wc.cuda(), n, m).cpu(), expect)
+        offset = torch.empty(wc.numel() + 1, dtype=dtype, device="cuda")[1:].view(wc.shape).copy_(wc)
+        assert torch.equal(wgsef.nm_mask(offset, n, m).cpu(), expect)
+        torch.testing.assert_close(wgsef.nm_decay(offset, n, m, 0.3).cpu(), wgsef.nm_decay(wc, n, m, 0.3))

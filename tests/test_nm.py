@@ -58,17 +58,17 @@ def tied_tensor(shape, seed, dtype=torch.float32):
 @pytest.mark.parametrize("n,m", [(2, 4), (1, 4), (3, 4), (1, 8), (4, 8), (5, 8), (1, 16), (2, 16), (1, 32), (7, 32),
                                  (3, 12), (2, 40), (1, 64), (4, 64), (30, 64)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
-def test_mask_matches_both_reference_forms_on_tied_inputs(n, m, dtype):
+def test_mask_matches_both_reference_forms_on_tied_inputs(n, m, dtype, device):
     for seed, shape in enumerate([(6, 4 * m), (3, 2 * m)]):
         w = tied_tensor(shape, seed, dtype)
-        got = wgsef.nm_mask(w, n, m)
+        got = wgsef.nm_mask(w.to(device), n, m).cpu()
         assert got.dtype == torch.bool and got.shape == w.shape
         expect = ref_mask_sort(w, n, m, -1)
         assert torch.equal(got, expect)
         assert torch.equal(expect, ref_mask_rank(w, n, m, -1))
 
 
-def test_mask_brute_force_small():
+def test_mask_brute_force_small(device):
     # the kept set is the unique subset S with key_i > key_j or (equal and i < j)
     # for every i in S and j outside S
     rng = np.random.default_rng(0)
@@ -80,12 +80,12 @@ def test_mask_brute_force_small():
         valid = [S for S in itertools.combinations(range(m), n)
                  if all(k[i] > k[j] or (k[i] == k[j] and i < j) for i in S for j in range(m) if j not in S)]
         assert len(valid) == 1
-        got = wgsef.nm_mask(torch.from_numpy(row), n, m)
+        got = wgsef.nm_mask(torch.from_numpy(row).to(device), n, m).cpu()
         assert sorted(torch.nonzero(got).flatten().tolist()) == list(valid[0])
 
 
 @pytest.mark.parametrize("n,m", [(16, 512), (8, 256), (4, 64), (1, 128), (64, 2048), (3, 4096)])
-def test_large_groups(n, m):
+def test_large_groups(n, m, device):
     g = torch.Generator().manual_seed(m + n)
     w = torch.randn(4, 2 * m, generator=g)
     w[0, :m] = torch.round(w[0, :m])  # ties in the first group
@@ -94,23 +94,24 @@ def test_large_groups(n, m):
     w[1, :m] = torch.distributions.Cauchy(0.0, 1.0).sample((m,))  # heavy tails: many candidates
     w[1, m + 5] = float("nan")
     w[2, :m] = 0.25  # all tied
+    expect = ref_mask_sort(w, n, m, -1)
     for dim_view in (w, w.t().contiguous().t()):
-        assert torch.equal(wgsef.nm_mask(dim_view, n, m), ref_mask_sort(w, n, m, -1))
+        assert torch.equal(wgsef.nm_mask(dim_view.to(device), n, m).cpu(), expect)
 
 
-def test_nan_ranks_largest_and_zero_signs_tie():
-    w = torch.tensor([[0.5, float("nan"), 2.0, -0.0], [float("inf"), 1.0, float("nan"), 0.0]])
+def test_nan_ranks_largest_and_zero_signs_tie(device):
+    w = torch.tensor([[0.5, float("nan"), 2.0, -0.0], [float("inf"), 1.0, float("nan"), 0.0]], device=device)
     assert wgsef.nm_mask(w, 1, 4).tolist() == [[False, True, False, False], [True, False, False, False]]
     assert wgsef.nm_mask(w, 2, 4).tolist() == [[False, True, True, False], [True, False, True, False]]
-    z = torch.tensor([-0.0, 0.0, -0.0, 0.0])
+    z = torch.tensor([-0.0, 0.0, -0.0, 0.0], device=device)
     assert wgsef.nm_mask(z, 2, 4).tolist() == [True, True, False, False]
 
 
 @pytest.mark.parametrize("dim", [0, 1, -1])
-def test_dims_and_conv_layout(dim):
+def test_dims_and_conv_layout(dim, device):
     w = tied_tensor((8, 16, 3, 3) if dim != -1 else (8, 16, 3, 4), 5)
     n, m = 2, 4
-    got = wgsef.nm_mask(w, n, m, dim)
+    got = wgsef.nm_mask(w.to(device), n, m, dim).cpu()
     assert torch.equal(got, ref_mask_sort(w, n, m, dim))
     counts = got.movedim(dim, -1).reshape(-1, m).sum(1)
     assert (counts == n).all()
@@ -152,9 +153,9 @@ def test_properties(pattern, rows, seed, scale):
 
 
 @pytest.mark.parametrize("decay", [0.0, 0.3, 1.0])
-def test_decay_forward_and_gradients_match_the_unfused_formula(decay):
-    w = torch.randn(6, 16, dtype=torch.float64, requires_grad=True)
-    upstream = torch.randn(6, 16, dtype=torch.float64)
+def test_decay_forward_and_gradients_match_the_unfused_formula(decay, device):
+    w = torch.randn(6, 16, dtype=torch.float64, device=device, requires_grad=True)
+    upstream = torch.randn(6, 16, dtype=torch.float64, device=device)
     mask = wgsef.nm_mask(w.detach(), 2, 8)
     factor = mask.double() + decay * (1 - mask.double())
     out = wgsef.nm_decay(w, 2, 8, decay)
@@ -328,10 +329,10 @@ def test_check_nm_reports_invalid_layers():
 
 
 @pytest.mark.parametrize("groups", [1, 3, 5, 1023, 1025])
-def test_group_counts_that_leave_a_partial_vector(groups):
+def test_group_counts_that_leave_a_partial_vector(groups, device):
     # 2:4 groups fill half of an 8-lane vector: an odd count ends inside one
     # (the kernel pads that last vector itself; checked with AddressSanitizer)
     w = torch.randn(groups * 4)
     for n in (1, 2, 3):
-        assert torch.equal(wgsef.nm_mask(w, n, 4), ref_mask_sort(w, n, 4, -1))
-        assert torch.equal(wgsef.nm_mask(w.half(), n, 4), ref_mask_sort(w.half(), n, 4, -1))
+        assert torch.equal(wgsef.nm_mask(w.to(device), n, 4).cpu(), ref_mask_sort(w, n, 4, -1))
+        assert torch.equal(wgsef.nm_mask(w.half().to(device), n, 4).cpu(), ref_mask_sort(w.half(), n, 4, -1))

@@ -42,11 +42,13 @@ def random_weight(shape, dtype, groups, zero_frac=0.2, seed=0):
     return (x * mask).to(dtype)
 
 
-def check_prox(x, k, lam, groups, weights=None, dtype=None):
+def check_prox(x, k, lam, groups, weights=None, dtype=None, device="cpu"):
+    """prox and prox_ on `device` against the reference (computed on the CPU)."""
     dtype = dtype or x.dtype
-    x_before = x.clone()
-    out = wgsef.prox(x, k, lam, groups, weights)
-    assert torch.equal(x, x_before), "prox modified its input"
+    xd = x.to(device)
+    wd = None if weights is None else weights.to(device)
+    out = wgsef.prox(xd, k, lam, groups, wd).cpu()
+    assert torch.equal(xd.cpu(), x), "prox modified its input"
     expect = ref.prox(x, k, lam, groups, None if weights is None else weights.tolist())
     assert out.dtype == x.dtype and out.shape == x.shape
     torch.testing.assert_close(out.double(), torch.from_numpy(expect), **TOL[dtype])
@@ -56,33 +58,33 @@ def check_prox(x, k, lam, groups, weights=None, dtype=None):
     assert (got_mass[ref_mass == 0] == 0).all(), "a group the reference prunes is not exactly 0"
     if dtype in (torch.float32, torch.float64):  # 16-bit outputs may underflow to 0
         assert ((got_mass > 0) == (ref_mass > 0)).all()
-    inplace = x.clone()
-    returned = wgsef.prox_(inplace, k, lam, groups, weights)
+    inplace = xd.clone()
+    returned = wgsef.prox_(inplace, k, lam, groups, wd)
     assert returned is inplace
-    torch.testing.assert_close(inplace, out, rtol=0, atol=0)
+    torch.testing.assert_close(inplace.cpu(), out, rtol=0, atol=0)
     return out
 
 
 @pytest.mark.parametrize("shape,groups", CASES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
-def test_prox_matches_reference(shape, groups, dtype):
+def test_prox_matches_reference(shape, groups, dtype, device):
     x = random_weight(shape, dtype, groups)
     m = wgsef.num_groups(x, groups)
     for k in sorted({0, 1, 2, max(1, m // 3), m - 1, m, m + 3}):
         if k < 0:
             continue
         for lam in (0.0, 1e-6, 0.05, 0.7, 30.0, 1e6):
-            check_prox(x, k, lam, groups, dtype=dtype)
+            check_prox(x, k, lam, groups, dtype=dtype, device=device)
 
 
 @pytest.mark.parametrize("shape,groups", CASES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
-def test_value_matches_reference(shape, groups, dtype):
+def test_value_matches_reference(shape, groups, dtype, device):
     x = random_weight(shape, dtype, groups)
     m = wgsef.num_groups(x, groups)
     rtol = {torch.float64: 1e-12, torch.float32: 1e-6}.get(dtype, 1e-2)
     for k in sorted({0, 1, 2, max(1, m // 3), m - 1, m, m + 3}):
-        got = wgsef.value(x, k, groups)
+        got = wgsef.value(x.to(device), k, groups).cpu()
         assert got.dtype == dtype and got.dim() == 0
         expect = ref.value(x, k, groups)
         if math.isinf(expect):
@@ -92,62 +94,62 @@ def test_value_matches_reference(shape, groups, dtype):
 
 
 @pytest.mark.parametrize("shape,groups", CASES)
-def test_group_norms_match_reference(shape, groups):
+def test_group_norms_match_reference(shape, groups, device):
     x = random_weight(shape, torch.float32, groups)
     ids, m = ref.group_ids(shape, groups)
     expect = np.sqrt(ref.sq_norms(x.double().numpy(), ids, m))
-    got = wgsef.group_norms(x, groups)
+    got = wgsef.group_norms(x.to(device), groups).cpu()
     assert got.dtype == torch.float32 and got.shape == (m,)
     torch.testing.assert_close(got.double(), torch.from_numpy(expect), rtol=1e-6, atol=0)
 
 
-def test_weights_change_the_ranking_and_match_reference():
+def test_weights_change_the_ranking_and_match_reference(device):
     x = torch.randn(10, 8, dtype=torch.float64)
     weights = torch.linspace(0.3, 3.0, 10, dtype=torch.float64)
     for k in (1, 3, 9):
         for lam in (0.01, 0.5, 20.0):
-            check_prox(x, k, lam, "filters", weights)
-        assert wgsef.value(x, k, weights=weights).item() == pytest.approx(
+            check_prox(x, k, lam, "filters", weights, device=device)
+        assert wgsef.value(x.to(device), k, weights=weights.to(device)).item() == pytest.approx(
             ref.value(x, k, weights=weights.tolist()), rel=1e-12
         )
 
 
-def test_custom_ids_with_empty_groups():
+def test_custom_ids_with_empty_groups(device):
     x = torch.randn(6, 10, dtype=torch.float64)
     ids = torch.randint(0, 9, (6, 10))
     ids[ids == 4] = 5  # group 4 is empty
     weights = torch.rand(12, dtype=torch.float64) + 0.5  # groups 9..11 empty too
     for k in (1, 2, 4, 12):
         for lam in (0.02, 1.0):
-            out = wgsef.prox(x, k, lam, ids, weights)
+            out = wgsef.prox(x.to(device), k, lam, ids.to(device), weights.to(device)).cpu()
             xn = x.numpy().reshape(-1)
             sq = ref.sq_norms(x.numpy(), ids.reshape(-1).numpy(), 12)
             f = ref.prox_factors(sq, weights.numpy(), k, lam)
             expect = (xn * f[ids.reshape(-1).numpy()]).reshape(x.shape)
             torch.testing.assert_close(out, torch.from_numpy(expect), rtol=1e-10, atol=1e-12)
-    got = wgsef.value(x, 3, ids, weights).item()
+    got = wgsef.value(x.to(device), 3, ids.to(device), weights.to(device)).item()
     sq = ref.sq_norms(x.numpy(), ids.reshape(-1).numpy(), 12)
     assert got == pytest.approx(ref.value_from_sq(sq, weights.numpy(), 3), rel=1e-12)
     torch.testing.assert_close(wgsef.value(x, 3, ids), wgsef.value(x, 3, ids.int()))
 
 
 @pytest.mark.parametrize("k", [1, 2, 3])
-def test_ties_at_the_kth_place(k):
+def test_ties_at_the_kth_place(k, device):
     # several identical groups straddle the k-th place: the prox keeps them
     # together and is never k-sparse, for any lam
     row = torch.tensor([0.6, -0.8, 0.0, 0.5], dtype=torch.float64)
     x = torch.stack([3 * row, 2 * row, 2 * row, 2 * row, 2 * row, 0.5 * row, 0 * row])
     for lam in (1e-3, 0.3, 5.0, 1e4):
-        out = check_prox(x, k, lam, "filters")
+        out = check_prox(x, k, lam, "filters", device=device)
         kept = (out.abs().sum(1) > 0).sum().item()
         assert kept == 1 or kept >= 5
     # tied groups share one factor bit for bit
-    out = wgsef.prox(x, 2, 0.3)
+    out = wgsef.prox(x.to(device), 2, 0.3)
     for i in (2, 3, 4):
         assert torch.equal(out[i], out[1])
 
 
-def test_flat_root_snaps_pruned_groups_to_zero():
+def test_flat_root_snaps_pruned_groups_to_zero(device):
     # exactly k groups saturate with lam above lambda_crit: the rest must be 0, not ~1e-17
     torch.manual_seed(1)
     failures = 0
@@ -161,7 +163,7 @@ def test_flat_root_snaps_pruned_groups_to_zero():
         if not math.isfinite(lc):
             continue
         for lam in (lc, lc * 1.5, lc * 0.5 + 1e-3):
-            out = wgsef.prox(x, k, lam)
+            out = wgsef.prox(x.to(device), k, lam).cpu()
             kept = int((out.abs().sum(1) > 0).sum())
             if lam >= lc and kept > k:
                 failures += 1
@@ -171,29 +173,29 @@ def test_flat_root_snaps_pruned_groups_to_zero():
     assert failures == 0
 
 
-def test_edge_cases():
-    x = torch.randn(5, 4, dtype=torch.float64)
+def test_edge_cases(device):
+    x = torch.randn(5, 4, dtype=torch.float64, device=device)
     torch.testing.assert_close(wgsef.prox(x, 2, 0.0), x, rtol=0, atol=0)
     assert torch.count_nonzero(wgsef.prox(x, 0, 0.5)) == 0
     torch.testing.assert_close(wgsef.prox(x, 5, 0.5), x / 1.5)
     torch.testing.assert_close(wgsef.prox(x, 9, 0.5), x / 1.5)
     # one group
-    one = torch.randn(1, 6, dtype=torch.float64)
+    one = torch.randn(1, 6, dtype=torch.float64, device=device)
     torch.testing.assert_close(wgsef.prox(one, 1, 2.0), one / 3.0)
     assert torch.count_nonzero(wgsef.prox(one, 0, 2.0)) == 0
     assert wgsef.value(one, 1).item() == pytest.approx(0.5 * one.pow(2).sum().item())
     # empty tensors, with and without groups
     for shape in [(0, 3), (3, 0), (0,)]:
-        e = torch.empty(shape)
+        e = torch.empty(shape, device=device)
         assert wgsef.prox(e, 1, 0.5).shape == shape
         assert wgsef.value(e, 1).item() == 0.0
     # all-zero input
-    z = torch.zeros(4, 3)
+    z = torch.zeros(4, 3, device=device)
     assert torch.count_nonzero(wgsef.prox(z, 1, 0.5)) == 0
     assert wgsef.value(z, 0).item() == 0.0
     assert math.isinf(wgsef.value(x, 0).item())
     # k = 1 is the squared weighted group lasso, k >= m plain weight decay
-    d = torch.rand(5, dtype=torch.float64) + 0.5
+    d = torch.rand(5, dtype=torch.float64, device=device) + 0.5
     norms = x.norm(dim=1)
     assert wgsef.value(x, 1, weights=d).item() == pytest.approx(
         0.5 * (d.sqrt() * norms).sum().item() ** 2
@@ -203,17 +205,17 @@ def test_edge_cases():
     )
 
 
-def test_huge_lam_keeps_top_k_groups():
+def test_huge_lam_keeps_top_k_groups(device):
     x = torch.randn(30, 7, dtype=torch.float64)
     for k in (1, 4, 10):
-        out = wgsef.prox(x, k, 1e8)
+        out = wgsef.prox(x.to(device), k, 1e8).cpu()
         kept = set(torch.nonzero(out.abs().sum(1)).flatten().tolist())
         top = set(torch.topk(x.norm(dim=1), k).indices.tolist())
         assert kept == top
 
 
-def test_non_finite_input():
-    x = torch.randn(4, 3)
+def test_non_finite_input(device):
+    x = torch.randn(4, 3, device=device)
     x[1, 2] = float("nan")
     assert math.isnan(wgsef.value(x, 2).item())
     assert torch.isnan(wgsef.prox(x, 2, 0.1)).all()
@@ -222,15 +224,16 @@ def test_non_finite_input():
     assert torch.isnan(wgsef.prox(x, 2, 0.1)).all()
 
 
-def test_non_contiguous_inputs():
+def test_non_contiguous_inputs(device):
     base = torch.randn(8, 6, dtype=torch.float64)
     x = base.t()  # (6, 8), non-contiguous
-    expect = ref.prox(x, 2, 0.3, "channels")
-    torch.testing.assert_close(wgsef.prox(x, 2, 0.3, "channels"), torch.from_numpy(expect))
-    y = base.clone().t()
+    expect = torch.from_numpy(ref.prox(x, 2, 0.3, "channels"))
+    xd = base.to(device).t()
+    torch.testing.assert_close(wgsef.prox(xd, 2, 0.3, "channels").cpu(), expect)
+    y = base.to(device).t()
     wgsef.prox_(y, 2, 0.3, "channels")
-    torch.testing.assert_close(y, torch.from_numpy(expect))
-    assert wgsef.value(x, 2, "channels").item() == pytest.approx(ref.value(x, 2, "channels"))
+    torch.testing.assert_close(y.cpu(), expect)
+    assert wgsef.value(xd, 2, "channels").item() == pytest.approx(ref.value(x, 2, "channels"))
 
 
 def test_lam_as_tensor_and_int_ids():
@@ -270,7 +273,7 @@ def test_prox_is_not_differentiable():
 
 
 @pytest.mark.parametrize("shared", [False, True])
-def test_prox_multi_matches_reference(shared):
+def test_prox_multi_matches_reference(shared, device):
     # a filter-grouped tensor, an id-grouped one (with an empty group) and a
     # channel-grouped one with weights, as one optimizer param group
     a = torch.randn(6, 4, 3, dtype=torch.float64)
@@ -284,7 +287,10 @@ def test_prox_multi_matches_reference(shared):
     k = [9] if shared else [2, 3, 1]
     lam = torch.tensor([0.7] if shared else [0.7, 0.2, 1.5], dtype=torch.float64)
     scale = torch.tensor(0.5, dtype=torch.float64)
-    torch.ops.wgsef.prox_multi_(tensors, layout, [None, ids, None], [None, None, wc], k, lam, scale, shared)
+    on = [t.to(device) for t in tensors]
+    torch.ops.wgsef.prox_multi_(on, layout, [None, ids.to(device), None], [None, None, wc.to(device)], k, lam,
+                                scale, shared)
+    tensors = [t.cpu() for t in on]
     specs = ["filters", ids, "channels"]
     weights = [np.ones(6), np.ones(7), wc.numpy()]
     id_lists = [ref.group_ids(tuple(t.shape), s)[0] for t, s in zip((a, b, c), specs)]

@@ -11,11 +11,7 @@
 #include <limits>
 #include <type_traits>
 
-#ifdef __CUDACC__
-#define WGSEF_HOST_DEVICE __host__ __device__
-#else
-#define WGSEF_HOST_DEVICE
-#endif
+#include "wgsef/host_device.h"
 
 namespace wgsef::nm {
 

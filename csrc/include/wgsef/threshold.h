@@ -10,6 +10,8 @@
 #include <utility>
 #include <vector>
 
+#include "wgsef/host_device.h"
+
 namespace wgsef {
 
 // Element visits and rounds of the threshold search; tests use them to show
@@ -68,15 +70,15 @@ inline double select_kth(double* a, int64_t n, int64_t k, SearchStats& stats) {
   return a[k];
 }
 
-inline double clip01(double t) { return t <= 0.0 ? 0.0 : (t >= 1.0 ? 1.0 : t); }
+WGSEF_HOST_DEVICE inline double clip01(double t) { return t <= 0.0 ? 0.0 : (t >= 1.0 ? 1.0 : t); }
 
 // t = c*eta - w is exactly 0 at flat roots and shared breakpoints; rounding
 // leaves ~1e-17 there, which would keep a pruned group alive (design §6).
-inline double snapped_share(double c, double eta, double w) {
+WGSEF_HOST_DEVICE inline double snapped_share(double c, double eta, double w) {
   const double ceta = c * eta;
   const double t = ceta - w;
-  const double tol = 8.0 * std::numeric_limits<double>::epsilon() * std::max(ceta, w);
-  return std::abs(t) <= tol ? 0.0 : clip01(t);
+  const double tol = 8.0 * 2.220446049250313e-16 * fmax(ceta, w);  // 8 ulp of 1
+  return fabs(t) <= tol ? 0.0 : clip01(t);
 }
 
 // Two pivots expected to bracket the root of h closely, read off a strided
@@ -250,6 +252,13 @@ inline void weighted_roots(const double* sq_norms, const double* d, int64_t m, d
   }
 }
 
+// The prox factor of a non-zero group at the root eta: u / (u + w), with its
+// share u = clip(c*eta - w, 0, 1) snapped to 0 within rounding.
+WGSEF_HOST_DEVICE inline double shrink_factor(double c, double eta, double w) {
+  const double u = detail::snapped_share(c, eta, w);
+  return u / (u + w);
+}
+
 // Per-group factors f_i with prox_{lam*WGSEF}(v)_{G_i} = f_i * v_{G_i}.
 //   sq_norms[i] = ||v_{G_i}||^2, d = group weights (nullptr: all 1), lam >= 0, k >= 0.
 // Non-finite norms (NaN or Inf in v) give NaN factors for every group.
@@ -290,15 +299,8 @@ inline void prox_factors(const double* sq_norms, const double* d, int64_t m, int
     }
   }
   const double eta = solve_threshold(c, w, nonzero, k, w + nonzero, stats);
-  for (int64_t i = 0; i < m; ++i) {
-    if (sq_norms[i] > 0.0) {
-      const double wi = lam * (d ? d[i] : 1.0);
-      const double u = detail::snapped_share(root[i], eta, wi);
-      factors[i] = u / (u + wi);
-    } else {
-      factors[i] = 0.0;
-    }
-  }
+  for (int64_t i = 0; i < m; ++i)
+    factors[i] = sq_norms[i] > 0.0 ? shrink_factor(root[i], eta, lam * (d ? d[i] : 1.0)) : 0.0;
 }
 
 // The optimal shares of the variational form WGSEF(x) = 1/2 min_{u in D_k}
@@ -323,8 +325,8 @@ inline double envelope_eta(const double* sq_norms, const double* d, int64_t m, i
   return solve_threshold(z, w, nonzero, k, w + nonzero, stats);
 }
 
-inline double envelope_share(double sq_norm, double di, double eta) {
-  return sq_norm > 0.0 ? std::min(1.0, std::sqrt(di * sq_norm) * eta) : 0.0;
+WGSEF_HOST_DEVICE inline double envelope_share(double sq_norm, double di, double eta) {
+  return sq_norm > 0.0 ? fmin(1.0, sqrt(di * sq_norm) * eta) : 0.0;
 }
 
 enum class Finiteness { kFinite, kInf, kNaN };

@@ -1,0 +1,83 @@
+// What the CUDA kernels share: aligned vectors, warp sums, and how a launch
+// over several tensors finds the tensor of a block.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace wgsef::cuda {
+
+constexpr int kThreads = 256;
+// Tensors per launch of a multi-tensor kernel: their table travels as a kernel
+// argument (by value, so a CUDA graph replays it), which must stay under 4 KiB.
+constexpr int kMaxEntries = 48;
+
+// N values of T loaded or stored as one access of sizeof(T) * N bytes.
+template <typename T, int N>
+struct alignas(sizeof(T) * N) Vec {
+  T val[N];
+};
+
+// 16 bytes of T: the widest single load.
+template <typename T>
+constexpr int kVecWidth = 16 / static_cast<int>(sizeof(T));
+
+inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+__device__ inline double warp_sum(double v) {
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
+  return v;  // lane 0 holds the sum
+}
+
+// The entry whose block range [first_block[i], first_block[i + 1]) holds `block`.
+__device__ inline int entry_of(const int64_t* first_block, int count, int64_t block) {
+  int lo = 0, hi = count - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (first_block[mid] <= block) {
+      lo = mid;
+    } else {
+      hi = mid - 1;
+    }
+  }
+  return lo;
+}
+
+// A non-negative scalar argument read on the device (a CUDA tensor, so that
+// a captured graph sees later values) or passed by value (a CPU tensor).
+struct Scalar {
+  const double* ptr = nullptr;
+  double value = 0.0;
+  __device__ double get() const { return ptr ? *ptr : value; }
+};
+
+// The entries of a 0-/1-D real tensor on the CPU or on `device`, as Scalars:
+// CPU values go by value, CUDA ones by pointer (converted to float64 once).
+class ScalarArray {
+ public:
+  ScalarArray(const char* op, const char* name, const at::Tensor& t, const c10::Device& device) {
+    TORCH_CHECK_VALUE(t.is_cpu() || t.device() == device, "wgsef.", op, ": ", name,
+                      " must be on the CPU or on ", device, ", got ", t.device());
+    data_ = t.to(at::kDouble).contiguous();
+    size_ = data_.numel();
+  }
+  Scalar operator[](int64_t i) const {
+    Scalar s;
+    const int64_t at = size_ == 1 ? 0 : i;
+    if (data_.is_cpu()) {
+      s.value = data_.const_data_ptr<double>()[at];
+    } else {
+      s.ptr = data_.const_data_ptr<double>() + at;
+    }
+    return s;
+  }
+
+ private:
+  at::Tensor data_;
+  int64_t size_ = 0;
+};
+
+}  // namespace wgsef::cuda
