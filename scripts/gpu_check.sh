@@ -2,7 +2,8 @@
 # The GPU check for a lent device machine (H100/H200, torch with CUDA, nvcc):
 # build with CUDA kernels for sm_90, run every CUDA test (tests/test_cuda.py and
 # the device-parametrised reference tests), compute-sanitizer memcheck on a
-# short subset, and the benchmark suite on CUDA. Logs and results go to $OUT.
+# short subset, a kernel profile of the targets (scripts/gpu_profile.py) and the
+# benchmark suite on CUDA. Logs and results go to $OUT.
 # Budget: about 6 minutes. Usage (device tool): bash scripts/gpu_check.sh
 set -uo pipefail
 OUT=${OUT:-gpu-check-out}
@@ -34,6 +35,10 @@ PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 120 compute-sanitizer --tool memcheck -
   "tests/test_cuda.py::test_value_gradient_matches_cpu" \
   "tests/test_cuda.py::test_prox_multi_many_tensors_mixed_dtypes_and_large_terms" >> "$OUT/sanitizer.log" 2>&1
 tail -4 "$OUT/sanitizer.log"
+
+stage profile profile.log
+timeout 60 python3 scripts/gpu_profile.py >> "$OUT/profile.log" 2>&1
+grep -E "wall|^ +[0-9]" "$OUT/profile.log" | head -60
 
 stage "benchmark suite on CUDA (quick, with fc6)" bench.log
 timeout 200 python3 bench/suite.py --quick --device cuda --out "$OUT" >> "$OUT/bench.log" 2>&1

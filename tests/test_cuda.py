@@ -145,11 +145,11 @@ def test_capturable_proxsgd_step_replays_in_a_cuda_graph(shared):
 
 
 def test_prox_multi_many_tensors_mixed_dtypes_and_large_terms():
-    # more tensors than one launch's table (48), two dtypes interleaved, a term
+    # more tensors than one launch's table (128), three dtypes interleaved, a term
     # of 5000 groups (past the 4096 held in registers), groups of every size
     # class (a thread per group below 32 elements, a warp above), odd inner sizes
     g = torch.Generator().manual_seed(3)
-    shapes = [(1, 5000, 8), (3, 7, 5), (1, 64, 33), (2, 9, 1), (2, 16, 64)] * 12
+    shapes = [(1, 5000, 8), (3, 7, 5), (1, 64, 33), (2, 9, 1), (2, 16, 64)] * 30
     dtypes = [torch.float32, torch.float64, torch.bfloat16]
     tensors = [torch.randn(s, generator=g).to(dtypes[i % 3]) for i, s in enumerate(shapes)]
     layout = [v for s in shapes for v in s]

@@ -190,10 +190,42 @@ void launch_sq_norms(const std::vector<Item>& items, double* norms) {
 
 // ---------------------------------------------------------------- scaling
 
+constexpr int kScaleUnroll = 4;  // 16-byte vectors per thread
+
+// n / d for n < 2^31 by a multiply and a shift (Granlund and Montgomery,
+// "Division by invariant integers using multiplication", 1994).
+struct Divider {
+  uint32_t magic = 1, shift = 0;
+  explicit Divider(uint32_t d = 1) {
+    while ((uint64_t{1} << shift) < d) ++shift;
+    magic = static_cast<uint32_t>(((uint64_t{1} << 32) * ((uint64_t{1} << shift) - d)) / d + 1);
+  }
+  __device__ uint32_t operator()(uint32_t n) const { return (__umulhi(n, magic) + n) >> shift; }
+};
+
+// The group of element i: (i / C) % G.
+struct GroupIndex {
+  int64_t inner, groups;
+  bool narrow;  // fewer than 2^31 elements: the dividers apply
+  Divider by_inner, by_groups;
+  __device__ int64_t operator()(int64_t i) const {
+    if (!narrow) return i / inner % groups;
+    const uint32_t row = by_inner(static_cast<uint32_t>(i));
+    return row - by_groups(row) * static_cast<uint32_t>(groups);
+  }
+};
+
+GroupIndex group_index(int64_t numel, int64_t groups, int64_t inner) {
+  const bool narrow = numel < (int64_t{1} << 31);
+  return {inner, groups, narrow, Divider(narrow ? static_cast<uint32_t>(inner) : 1),
+          Divider(narrow ? static_cast<uint32_t>(groups) : 1)};
+}
+
 struct ScaleEntry {
   const void* src;
   void* dst;
-  int64_t numel, groups, inner;
+  int64_t numel;
+  GroupIndex group;
   const double* factors;
 };
 
@@ -202,13 +234,6 @@ struct ScaleTable {
   int64_t first_block[kMaxEntries];
   int count;
 };
-
-constexpr int kScaleUnroll = 4;  // 16-byte vectors per thread
-
-__device__ inline int64_t group_at(int64_t i, int64_t C, int64_t G, bool narrow) {
-  if (narrow) return static_cast<uint32_t>(i) / static_cast<uint32_t>(C) % static_cast<uint32_t>(G);
-  return i / C % G;
-}
 
 // dst = factors[group] * src, in place when dst == src.
 template <typename T>
@@ -221,8 +246,7 @@ __global__ void __launch_bounds__(kThreads) scale_groups_kernel(const ScaleTable
   const int64_t block = blockIdx.x - table.first_block[entry];
   const T* src = static_cast<const T*>(e.src);
   T* dst = static_cast<T*>(e.dst);
-  const int64_t n = e.numel, G = e.groups, C = e.inner;
-  const bool narrow = n <= int64_t(UINT32_MAX);
+  const int64_t n = e.numel, C = e.group.inner;
   if (C % W == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0 && reinterpret_cast<uintptr_t>(dst) % 16 == 0) {
     const int64_t first = block * kThreads * kScaleUnroll + threadIdx.x, nv = n / W;
     V v[kScaleUnroll];
@@ -233,7 +257,7 @@ __global__ void __launch_bounds__(kThreads) scale_groups_kernel(const ScaleTable
     for (int u = 0; u < kScaleUnroll; ++u) {
       const int64_t j = first + u * kThreads;
       if (j >= nv) break;
-      const acc_t f = static_cast<acc_t>(e.factors[group_at(j * W, C, G, narrow)]);
+      const acc_t f = static_cast<acc_t>(e.factors[e.group(j * W)]);
 #pragma unroll
       for (int i = 0; i < W; ++i) v[u].val[i] = static_cast<T>(static_cast<acc_t>(v[u].val[i]) * f);
       reinterpret_cast<V*>(dst)[j] = v[u];
@@ -243,7 +267,7 @@ __global__ void __launch_bounds__(kThreads) scale_groups_kernel(const ScaleTable
     for (int u = 0; u < kScaleUnroll * W; ++u) {
       const int64_t i = first + u * kThreads;
       if (i >= n) break;
-      dst[i] = static_cast<T>(static_cast<acc_t>(src[i]) * static_cast<acc_t>(e.factors[group_at(i, C, G, narrow)]));
+      dst[i] = static_cast<T>(static_cast<acc_t>(src[i]) * static_cast<acc_t>(e.factors[e.group(i)]));
     }
   }
 }
@@ -281,8 +305,9 @@ void launch_scale(const std::vector<Item>& items, const std::vector<at::Tensor>&
     for (; end < strided.size() && table.count < kMaxEntries && items[strided[end]].x.scalar_type() == dtype;
          ++end) {
       const Item& it = items[strided[end]];
-      table.e[table.count] = {it.x.const_data_ptr(), dst[strided[end]].data_ptr(), it.x.numel(), it.g.num_groups,
-                              std::max<int64_t>(it.g.inner, 1), factors + it.offset};
+      table.e[table.count] = {it.x.const_data_ptr(), dst[strided[end]].data_ptr(), it.x.numel(),
+                              group_index(it.x.numel(), it.g.num_groups, std::max<int64_t>(it.g.inner, 1)),
+                              factors + it.offset};
       table.first_block[table.count++] = blocks;
       blocks += ceil_div(it.x.numel(), int64_t(kThreads) * kScaleUnroll * (16 / it.x.element_size()));
     }
@@ -353,10 +378,11 @@ __device__ inline double midpoint_by_bits(double lo, double hi) {
 // gradient) by safeguarded Newton steps on a bracket: h is piecewise linear
 // and nondecreasing, so a Newton step from inside the root's segment lands on
 // the root; a step that fails to halve the bracket is followed by a bisection.
-// Each step is one pass over the term's groups and one block reduction. The
-// root is then solved again on its segment from sums over the linear groups
-// only (no cancellation), as the CPU search ends. Writes, per Want: the prox
-// factors (in place of the squared norms), the value, or the gradient scales.
+// Each step is one pass over the term's groups and one block reduction. A
+// Newton step solves the segment's line from sums over its linear groups only
+// (no cancellation, as the CPU search ends), and the search stops when that
+// root lies on its own segment. Writes, per Want: the prox factors (in place
+// of the squared norms), the value, or the gradient scales.
 template <Want kWant>
 __global__ void __launch_bounds__(kSearchThreads)
     search_kernel(const TermTable table, const double* sq_all, double* roots_all, double* out) {
@@ -410,6 +436,7 @@ __global__ void __launch_bounds__(kSearchThreads)
         if (i < m) f(i, rc[r], rd[r]);
       }
     } else {
+#pragma unroll 4
       for (int64_t i = threadIdx.x; i < m; i += kSearchThreads) f(i, roots[i], d ? d[i] : 1.0);
     }
   };
@@ -418,30 +445,41 @@ __global__ void __launch_bounds__(kSearchThreads)
   const bool search = finite && k > 0 && nonzero > k && (kWant != Want::kProxFactors || lam > 0.0);
   if (search) {
     const double kk = static_cast<double>(k);
-    // h(0) = -k < 0 < h(top) = nonzero - k
-    double lo = 0.0, hi = top[0], h_lo = -kk, h_hi = static_cast<double>(nonzero) - kk;
-    const double tol = 16.0 * DBL_EPSILON * static_cast<double>(nonzero + k);
-    double candidate = hi * (kk / static_cast<double>(nonzero));
-    bool found = false;
-    for (int step = 0; step < 256; ++step) {
-      if (!(candidate > lo && candidate < hi)) candidate = midpoint_by_bits(lo, hi);
-      if (!(candidate > lo && candidate < hi)) break;  // lo and hi are adjacent doubles
-      double sums[2] = {0.0, 0.0};                     // sum of shares, slope
+    // segment sums at eta: saturated groups, sum of c and of w over the linear
+    // ones; h = sat - k + (lin_c eta - lin_w), and the root of that segment's
+    // line, (k - sat + lin_w) / lin_c, has no cancellation
+    const auto segment = [&](double at, double (&seg)[3]) {
+      seg[0] = seg[1] = seg[2] = 0.0;
       for_each([&](int64_t, double c, double di) {
-        const double t = c * candidate - lam * di;
+        const double t = c * at - lam * di;
         if (t >= 1.0) {
-          sums[0] += 1.0;
+          seg[0] += 1.0;
         } else if (t > 0.0) {
-          sums[0] += t;
-          sums[1] += c;
+          seg[1] += c;
+          seg[2] += lam * di;
         }
       });
-      block_reduce(sums, Add{}, scratch);
-      const double h = sums[0] - kk, width = hi - lo;
-      if (fabs(h) <= tol) {
-        found = true;
-        break;
+      block_reduce(seg, Add{}, scratch);
+    };
+    // h(0) = -k < 0 < h(top) = nonzero - k
+    double lo = 0.0, hi = top[0], h_lo = -kk, h_hi = static_cast<double>(nonzero) - kk;
+    double candidate = hi * (kk / static_cast<double>(nonzero));
+    double last[3] = {-1.0, -1.0, -1.0};
+    bool newton = false;  // candidate is the root of the last point's segment line
+    bool done = false;
+    for (int step = 0; step < 256 && !done; ++step) {
+      if (!(candidate > lo && candidate < hi)) {
+        candidate = midpoint_by_bits(lo, hi);
+        newton = false;
       }
+      if (!(candidate > lo && candidate < hi)) break;  // lo and hi are adjacent doubles
+      double seg[3];
+      segment(candidate, seg);
+      // the root of a segment's line that lies on that segment is the root of h
+      done = newton && seg[0] == last[0] && seg[1] == last[1] && seg[2] == last[2];
+      const double h = seg[0] - kk + (seg[1] * candidate - seg[2]), width = hi - lo;
+      done = done || h == 0.0;  // an exact hit, or a flat stretch of h at 0
+      if (done) break;
       if (h < 0.0) {
         lo = candidate;
         h_lo = h;
@@ -449,31 +487,30 @@ __global__ void __launch_bounds__(kSearchThreads)
         hi = candidate;
         h_hi = h;
       }
+      last[0] = seg[0], last[1] = seg[1], last[2] = seg[2];
+      newton = false;
       if (hi - lo > 0.5 * width) {
         candidate = NAN;  // too little progress: bisect next
-      } else if (sums[1] > 0.0) {
-        candidate -= h / sums[1];
+      } else if (seg[1] > 0.0) {
+        const double next = (kk - seg[0] + seg[2]) / seg[1];
+        done = fabs(next - candidate) <= 4.0 * DBL_EPSILON * candidate;
+        candidate = next;
+        newton = true;
       } else {
         candidate = lo + (hi - lo) * (-h_lo / (h_hi - h_lo));
       }
     }
-    if (!found) candidate = lo + (hi - lo) * (-h_lo / (h_hi - h_lo));
     eta = candidate;
-    // on the root's segment h = sum_linear (c eta - w) + #saturated - k
-    double seg[3] = {0.0, 0.0, 0.0};  // saturated groups, sum of linear c, sum of linear w
-    for_each([&](int64_t, double c, double di) {
-      const double t = c * eta - lam * di;
-      if (t >= 1.0) {
-        seg[0] += 1.0;
-      } else if (t > 0.0) {
-        seg[1] += c;
-        seg[2] += lam * di;
+    if (!done) {
+      // the bracket closed or the steps ran out: the regula falsi point, then
+      // its segment's root when that stays inside the bracket
+      eta = lo + (hi - lo) * (-h_lo / (h_hi - h_lo));
+      double seg[3];
+      segment(eta, seg);
+      if (seg[1] > 0.0) {
+        const double refined = (kk - seg[0] + seg[2]) / seg[1];
+        if (refined >= lo && refined <= hi) eta = refined;
       }
-    });
-    block_reduce(seg, Add{}, scratch);
-    if (seg[1] > 0.0) {
-      const double refined = (kk - seg[0] + seg[2]) / seg[1];
-      if (refined >= lo && refined <= hi) eta = refined;
     }
   }
 
@@ -551,6 +588,19 @@ void check_weights_values(const char* op, const GroupArgs& g) {
   if (!g.weights.defined()) return;
   const at::Tensor host = g.weights.cpu();
   check_host_weights(op, host.const_data_ptr<double>(), g.num_groups);
+}
+
+// The strided layout (outer, groups, inner) of xs[i], without making a view.
+GroupArgs layout_args(const char* op, const at::Tensor& x, int64_t i, at::IntArrayRef layout) {
+  check_floating_x(op, x);
+  GroupArgs g;
+  g.outer = layout[3 * i];
+  g.num_groups = layout[3 * i + 1];
+  g.inner = layout[3 * i + 2];
+  TORCH_CHECK_VALUE(g.outer >= 0 && g.num_groups >= 0 && g.inner >= 0 && g.outer * g.num_groups * g.inner == x.numel(),
+                    "wgsef.", op, ": layout entry ", i, " (", g.outer, ", ", g.num_groups, ", ", g.inner,
+                    ") does not match xs[", i, "] of ", x.numel(), " elements");
+  return g;
 }
 
 Item single_item(const char* op, const at::Tensor& x, const std::optional<at::Tensor>& group_ids,
@@ -653,10 +703,7 @@ void prox_multi_(at::TensorList xs, at::IntArrayRef layout, const c10::List<std:
     const at::Tensor xc = xs[i].contiguous();
     const std::optional<at::Tensor> ids =
         group_ids.empty() ? std::nullopt : static_cast<std::optional<at::Tensor>>(group_ids.get(i));
-    Item it{xc,
-            ids.has_value() ? check_group_args(op, xc, ids, layout[3 * i + 1])
-                            : check_group_args(op, xc.view({layout[3 * i], layout[3 * i + 1], layout[3 * i + 2]}),
-                                               std::nullopt, -1),
+    Item it{xc, ids.has_value() ? check_group_args(op, xc, ids, layout[3 * i + 1]) : layout_args(op, xc, i, layout),
             total};
     if (!weights.empty()) attach_weights(op, it.g, xc, weights.get(i));
     total += it.g.num_groups;
