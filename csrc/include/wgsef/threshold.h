@@ -70,6 +70,18 @@ inline double select_kth(double* a, int64_t n, int64_t k, SearchStats& stats) {
   return a[k];
 }
 
+// Neumaier's compensated summation: the rounding error of every addition is
+// carried along, so the total is accurate to a few ulp for any count.
+struct CompensatedSum {
+  double sum = 0.0, carry = 0.0;
+  void add(double v) {
+    const double t = sum + v;
+    carry += std::abs(sum) >= std::abs(v) ? (sum - t) + v : (v - t) + sum;
+    sum = t;
+  }
+  double value() const { return sum + carry; }
+};
+
 WGSEF_HOST_DEVICE inline double clip01(double t) { return t <= 0.0 ? 0.0 : (t >= 1.0 ? 1.0 : t); }
 
 // t = c*eta - w is exactly 0 at flat roots and shared breakpoints; rounding
@@ -157,6 +169,10 @@ inline double solve_threshold(double* uc, double* uw, int64_t m, int64_t k, doub
   stats.work += m;
   double left = 0.0, right = std::numeric_limits<double>::infinity();
   double slope = 0.0, offset = -static_cast<double>(k);
+  // the same fold kept exactly enough for the final solve: a count and two
+  // compensated sums (a plain running sum over 1e5 groups drifts by ~1e-11)
+  int64_t saturated = 0;
+  detail::CompensatedSum linear_c, linear_w;
   int64_t open = m;  // groups with a breakpoint strictly inside (left, right)
   int64_t inside = 2 * m;  // breakpoints strictly inside (left, right), an upper bound at first
   bool exact = false;
@@ -200,11 +216,14 @@ inline double solve_threshold(double* uc, double* uw, int64_t m, int64_t k, doub
     for (int64_t i = 0; i < open; ++i) {
       if (hi[i] <= left) {
         offset += 1.0;
+        ++saturated;
       } else if (lo[i] >= right) {
         // contributes 0 on the bracket
       } else if (lo[i] <= left && hi[i] >= right) {
         slope += uc[i];
         offset -= uw[i];
+        linear_c.add(uc[i]);
+        linear_w.add(uw[i]);
       } else {
         kept_inside += (lo[i] > left) + (hi[i] < right);
         uc[kept] = uc[i];
@@ -221,7 +240,7 @@ inline double solve_threshold(double* uc, double* uw, int64_t m, int64_t k, doub
   }
   double eta;
   if (slope > 0.0) {
-    eta = std::max(left, -offset / slope);
+    eta = std::max(left, (static_cast<double>(k - saturated) + linear_w.value()) / linear_c.value());
     if (eta > right) eta = right;
   } else {
     // h is identically 0 on [left, right]; every eta there gives the same shares
