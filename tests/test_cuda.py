@@ -169,8 +169,10 @@ def test_prox_multi_many_tensors_mixed_dtypes_and_large_terms():
             rtol, atol = TOL[b.dtype]
             # a shared term's root moves with every tensor's norms: the float32 and
             # bfloat16 norms (summed in another order on each device, ~1e-7 apart)
-            # shift the float64 tensors' factors by ~1e-11
-            torch.testing.assert_close(a.cpu(), b, rtol=max(rtol, 1e-7) if shared else rtol, atol=atol)
+            # shift the float64 tensors' outputs by up to ~2e-11
+            if shared:
+                rtol, atol = max(rtol, 1e-7), max(atol, 1e-10)
+            torch.testing.assert_close(a.cpu(), b, rtol=rtol, atol=atol)
 
 
 @pytest.mark.parametrize("groups", [10, 5000, 20000])
