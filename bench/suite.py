@@ -135,6 +135,11 @@ def optimizer_cases(s: Suite, name: str) -> None:
         memory[label] = rec.total
     s.case("optimizer", f"{name} convs", "step", n, {"wgsef": prox.step, "sgd": sgd.step},
            allocated_bytes_wgsef=memory["wgsef"], allocated_bytes_sgd=memory["sgd"])
+    # torch's fused SGD kernel for the update, against fused and foreach SGD
+    sgd_fused = torch.optim.SGD(params(), lr=0.01, momentum=0.9, fused=True)
+    prox_fused = wgsef.ProxSGD(params(), lr=0.01, momentum=0.9, fused=True, k=0.5, lam=0.1)
+    s.case("optimizer", f"{name} convs", "step fused", n,
+           {"wgsef": prox_fused.step, "sgd": sgd_fused.step, "sgd foreach": sgd.step})
 
 
 def nm_cases(s: Suite, shape: tuple[int, int]) -> None:

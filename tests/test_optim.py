@@ -342,6 +342,24 @@ def test_param_groups_by_attention_heads():
 
 
 @pytest.mark.parametrize("cfg", SGD_CONFIGS)
+def test_fused_update_matches_the_foreach_step(cfg, device):
+    # torch's fused SGD kernel for the update, then the same prox
+    models = [small_model().to(device), small_model().to(device)]
+    opts = [wgsef.ProxSGD(wgsef.regularized_param_groups(m, k=0.5, lam=0.3), foreach=not fused, fused=fused, **cfg)
+            for m, fused in zip(models, (False, True))]
+    for step in range(4):
+        for m, opt in zip(models, opts):
+            x, y = batch(step)
+            opt.zero_grad()
+            nn.functional.cross_entropy(m(x.to(device)), y.to(device)).backward()
+            opt.step()
+    for pa, pb in zip(*(m.parameters() for m in models)):
+        torch.testing.assert_close(pb, pa, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="fused: not with capturable=True"):
+        wgsef.ProxSGD(small_model().parameters(), fused=True, capturable=True)
+
+
+@pytest.mark.parametrize("cfg", SGD_CONFIGS)
 @pytest.mark.parametrize("shared", [False, True])
 def test_capturable_step_matches_the_default_step(cfg, shared):
     # the same steps computed by foreach ops with lr and lam as tensors on the device

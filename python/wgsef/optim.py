@@ -153,8 +153,9 @@ class ProxSGD(Optimizer):
     Args:
         params: iterable of parameters or of param-group dicts (see
             :func:`regularized_param_groups`); every option below may be set per group.
-        lr, momentum, dampening, weight_decay, nesterov, maximize, foreach: as in
-            ``torch.optim.SGD``. Pass ``lr`` as a tensor to use ``torch.compile(opt.step)``
+        lr, momentum, dampening, weight_decay, nesterov, maximize, foreach, fused: as in
+            ``torch.optim.SGD`` (``fused=True`` runs the SGD update as torch's one-pass
+            fused kernel; not with ``capturable``). Pass ``lr`` as a tensor to use ``torch.compile(opt.step)``
             with an LR scheduler without recompiling.
         lam: regularization strength ``lambda >= 0``: a float, a tensor (one element, or
             one per parameter of the group), or a list with one float per parameter.
@@ -214,11 +215,12 @@ class ProxSGD(Optimizer):
         shared_k: bool = False,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
         capturable: bool = False,
     ) -> None:
         defaults = dict(
             lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-            nesterov=nesterov, maximize=maximize, foreach=foreach, differentiable=False,
+            nesterov=nesterov, maximize=maximize, foreach=foreach, fused=fused, differentiable=False,
             lam=lam, k=k, groups=groups, weights=weights, shared_k=shared_k, capturable=capturable,
         )
         self._plans: dict[int, tuple[tuple, _Plan]] = {}
@@ -261,6 +263,8 @@ class ProxSGD(Optimizer):
         _check_lam(group["lam"], len(group["params"]), bool(group["shared_k"]))
         if not isinstance(group["capturable"], bool):
             raise TypeError(f"capturable: expected a bool, got {type(group['capturable']).__name__}")
+        if group["capturable"] and group["fused"]:
+            raise ValueError("fused: not with capturable=True (the capturable step runs its own foreach update)")
         if group["capturable"] and len({p.device for p in group["params"]}) > 1:
             raise ValueError("capturable: the params of a param group must share one device")
         if group["k"] is not None:
@@ -310,7 +314,7 @@ class ProxSGD(Optimizer):
                     weight_decay=group["weight_decay"], momentum=group["momentum"], lr=group["lr"],
                     dampening=group["dampening"], nesterov=group["nesterov"],
                     maximize=group["maximize"], has_sparse_grad=False, foreach=group["foreach"],
-                    fused=None, grad_scale=None, found_inf=None,
+                    fused=group["fused"], grad_scale=None, found_inf=None,
                 )
             if group["momentum"] != 0:
                 for p, buf in zip(params, bufs):
