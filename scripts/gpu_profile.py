@@ -59,11 +59,11 @@ def main():
                 out.append(p)
         return out
 
-    sgd = torch.optim.SGD(params(), lr=0.01, momentum=0.9, foreach=True)
-    kernels("SGD step", sgd.step)
-    for capturable in (False, True):
-        opt = wgsef.ProxSGD(params(), lr=0.01, momentum=0.9, foreach=True, k=0.5, lam=0.1, capturable=capturable)
-        kernels(f"ProxSGD step (capturable={capturable})", opt.step)
+    for how in (dict(foreach=True), dict(fused=True)):
+        kernels(f"SGD step {how}", torch.optim.SGD(params(), lr=0.01, momentum=0.9, **how).step)
+        kernels(f"ProxSGD step {how}", wgsef.ProxSGD(params(), lr=0.01, momentum=0.9, k=0.5, lam=0.1, **how).step)
+    opt = wgsef.ProxSGD(params(), lr=0.01, momentum=0.9, k=0.5, lam=0.1, capturable=True)
+    kernels("ProxSGD step (capturable)", opt.step)
     return 0
 
 
