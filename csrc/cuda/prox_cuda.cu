@@ -1,5 +1,5 @@
 // CUDA kernels of the WGSEF ops. Every call is three launches whatever the
-// number of tensors: weighted group norms, the threshold search (one block per
+// number of tensors: squared group norms, the threshold search (one block per
 // WGSEF term), and the group scaling, each over a table of up to kMaxEntries
 // tensors passed by value. Nothing waits for the host except the checks of
 // values the single-tensor ops validate (weights, lam on the device) and group
@@ -46,7 +46,6 @@ struct Item {
 struct NormEntry {
   const void* x;
   int64_t outer, groups, inner;
-  const double* weights;  // d_i, or null for ones
   double* out;
   bool by_thread;  // groups of fewer than 32 elements: a thread per group, else a warp
 };
@@ -70,10 +69,9 @@ __device__ inline at::opmath_type<T> squares(const Vec<T, W>& v) {
   return s;
 }
 
-// c_g = sqrt(d_g ||x_g||^2) in float64 (the search's per-group input, and the
-// norms themselves without weights), summed in a fixed order (deterministic).
+// ||x_g||^2 in float64, summed in a fixed order (deterministic).
 template <typename T>
-__global__ void __launch_bounds__(kThreads) group_roots_kernel(const NormTable table) {
+__global__ void __launch_bounds__(kThreads) group_sq_norms_kernel(const NormTable table) {
   constexpr int W = kVecWidth<T>;
   using V = Vec<T, W>;
   const int entry = entry_of(table.first_block, table.count, blockIdx.x);
@@ -90,7 +88,7 @@ __global__ void __launch_bounds__(kThreads) group_roots_kernel(const NormTable t
         const double v = static_cast<double>(x[(a * G + g) * C + c]);
         sum += v * v;
       }
-    e.out[g] = sqrt((e.weights ? e.weights[g] : 1.0) * sum);
+    e.out[g] = sum;
     return;
   }
   const int64_t g = block * kWarps + threadIdx.x / 32;
@@ -130,7 +128,7 @@ __global__ void __launch_bounds__(kThreads) group_roots_kernel(const NormTable t
     }
   }
   sum = warp_sum(sum);
-  if (lane == 0) e.out[g] = sqrt((e.weights ? e.weights[g] : 1.0) * sum);
+  if (lane == 0) e.out[g] = sum;
 }
 
 // Group ids: atomics (the summation order, and so the last bits, may vary).
@@ -150,32 +148,28 @@ __global__ void id_sq_norms_kernel(const T* x, const int64_t* ids, int64_t n, in
 
 int grid_stride_blocks(int64_t n) { return static_cast<int>(std::min<int64_t>(ceil_div(n, kThreads), 65535)); }
 
-// Weighted norms c_g of items[i] into roots[items[i].offset + g]. Group ids are
-// checked on the host (a synchronisation); strided layouts never wait.
-void launch_group_roots(const std::vector<Item>& items, const at::Tensor& roots) {
+// Squared norms of items[i] into norms + items[i].offset. Group ids are checked
+// on the host (a synchronisation); strided layouts never wait.
+void launch_sq_norms(const std::vector<Item>& items, double* norms) {
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  double* base = roots.mutable_data_ptr<double>();
   std::vector<const Item*> strided;
   for (const Item& it : items) {
     if (!it.g.group_ids.defined()) {
       strided.push_back(&it);
       continue;
     }
-    at::Tensor out = roots.narrow(0, it.offset, it.g.num_groups);
-    out.zero_();
-    if (it.x.numel() > 0) {
-      at::Tensor flag = at::zeros({1}, it.x.options().dtype(at::kInt));
-      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, it.x.scalar_type(), "id_sq_norms_cuda", [&] {
-        id_sq_norms_kernel<scalar_t><<<grid_stride_blocks(it.x.numel()), kThreads, 0, stream>>>(
-            it.x.const_data_ptr<scalar_t>(), it.g.group_ids.const_data_ptr<int64_t>(), it.x.numel(),
-            it.g.num_groups, out.mutable_data_ptr<double>(), flag.mutable_data_ptr<int>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
-      TORCH_CHECK_VALUE(flag.item<int>() == 0, "wgsef: group_ids must lie in [0, num_groups = ",
-                        it.g.num_groups, ")");
-    }
-    if (it.g.weights.defined()) out.mul_(it.g.weights);
-    out.sqrt_();
+    double* out = norms + it.offset;
+    C10_CUDA_CHECK(cudaMemsetAsync(out, 0, sizeof(double) * it.g.num_groups, stream));
+    if (it.x.numel() == 0) continue;
+    at::Tensor flag = at::zeros({1}, it.x.options().dtype(at::kInt));
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, it.x.scalar_type(), "id_sq_norms_cuda", [&] {
+      id_sq_norms_kernel<scalar_t><<<grid_stride_blocks(it.x.numel()), kThreads, 0, stream>>>(
+          it.x.const_data_ptr<scalar_t>(), it.g.group_ids.const_data_ptr<int64_t>(), it.x.numel(),
+          it.g.num_groups, out, flag.mutable_data_ptr<int>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+    TORCH_CHECK_VALUE(flag.item<int>() == 0, "wgsef: group_ids must lie in [0, num_groups = ", it.g.num_groups,
+                      ")");
   }
   for (size_t begin = 0; begin < strided.size();) {
     const at::ScalarType dtype = strided[begin]->x.scalar_type();
@@ -186,16 +180,15 @@ void launch_group_roots(const std::vector<Item>& items, const at::Tensor& roots)
       const Item& it = *strided[end];
       if (it.g.num_groups == 0) continue;
       const bool by_thread = it.g.outer * it.g.inner < 32;
-      table.e[table.count] = {it.x.const_data_ptr(), it.g.outer, it.g.num_groups, it.g.inner,
-                              it.g.weights.defined() ? it.g.weights.const_data_ptr<double>() : nullptr,
-                              base + it.offset, by_thread};
+      table.e[table.count] = {it.x.const_data_ptr(), it.g.outer, it.g.num_groups, it.g.inner, norms + it.offset,
+                              by_thread};
       table.first_block[table.count++] = blocks;
       blocks += ceil_div(it.g.num_groups, by_thread ? kThreads : kWarps);
     }
     begin = end;
     if (table.count == 0) continue;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "group_roots_cuda", [&] {
-      group_roots_kernel<scalar_t><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(table);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "group_sq_norms_cuda", [&] {
+      group_sq_norms_kernel<scalar_t><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(table);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
@@ -395,31 +388,30 @@ __device__ inline double midpoint_by_bits(double lo, double hi) {
 // Newton step solves the segment's line from sums over its linear groups only
 // (no cancellation, as the CPU search ends), and the search stops when that
 // root lies on its own segment. Writes, per Want: the prox factors (in place
-// of the roots), the value, or the gradient scales.
+// of the squared norms), the value, or the gradient scales.
 template <Want kWant>
 __global__ void __launch_bounds__(kSearchThreads)
-    search_kernel(const TermTable table, const double* roots_all, double* out) {
+    search_kernel(const TermTable table, const double* sq_all, double* roots_all, double* out) {
   __shared__ double scratch[3 * kSearchWarps];
   const Term term = table.t[blockIdx.x];
   const int64_t m = term.count, k = term.k;
-  const double* roots = roots_all + term.begin;  // c_i
+  const double* sq = sq_all + term.begin;
   const double* d = term.weights;
   const bool resident = m <= int64_t(kSearchThreads) * kResident;
+  double* roots = resident ? nullptr : roots_all + term.begin;
   const double lam = kWant == Want::kProxFactors ? table.scale.get() * term.lam.get() : 0.0;
 
   double rc[kResident], rd[kResident];
-  double counts[3] = {0.0, 0.0, 0.0};   // non-zero groups, NaN norms, infinite norms
-  double extremes[2] = {0.0, -INFINITY};  // the largest d_i and minus the smallest c_i > 0
+  double counts[3] = {0.0, 0.0, 0.0};  // non-zero groups, NaN norms, infinite norms
+  double top[1] = {0.0};               // the largest breakpoint (w_i + 1) / c_i
   const auto first_visit = [&](int64_t i, double& c, double& di) {
-    c = roots[i];
+    const double s = sq[i];
     di = d ? d[i] : 1.0;
-    counts[0] += c > 0.0;
-    counts[1] += isnan(c);
-    counts[2] += isinf(c);
-    if (c > 0.0 && isfinite(c)) {
-      extremes[0] = fmax(extremes[0], di);
-      extremes[1] = fmax(extremes[1], -c);
-    }
+    c = sqrt(di * s);
+    counts[0] += s > 0.0;
+    counts[1] += isnan(s);
+    counts[2] += isinf(s);
+    if (s > 0.0 && isfinite(s)) top[0] = fmax(top[0], (lam * di + 1.0) / c);
   };
   if (resident) {
 #pragma unroll
@@ -433,14 +425,13 @@ __global__ void __launch_bounds__(kSearchThreads)
     for (int64_t i = threadIdx.x; i < m; i += kSearchThreads) {
       double c, di;
       first_visit(i, c, di);
+      roots[i] = c;
     }
   }
   block_reduce(counts, Add{}, scratch);
-  block_reduce(extremes, Max{}, scratch);
+  block_reduce(top, Max{}, scratch);
   const int64_t nonzero = static_cast<int64_t>(counts[0]);
   const bool has_nan = counts[1] > 0.0, finite = counts[1] == 0.0 && counts[2] == 0.0;
-  // at or above every breakpoint (w_i + 1) / c_i, so h(top) = nonzero - k
-  const double top = (lam * extremes[0] + 1.0) / -extremes[1];
 
   // f(i, c_i, d_i) for this thread's groups
   const auto for_each = [&](auto&& f) {
@@ -477,7 +468,7 @@ __global__ void __launch_bounds__(kSearchThreads)
       block_reduce(seg, Add{}, scratch);
     };
     // h(0) = -k < 0 < h(top) = nonzero - k
-    double lo = 0.0, hi = top, h_lo = -kk, h_hi = static_cast<double>(nonzero) - kk;
+    double lo = 0.0, hi = top[0], h_lo = -kk, h_hi = static_cast<double>(nonzero) - kk;
     double candidate = hi * (kk / static_cast<double>(nonzero));
     double last[3] = {-1.0, -1.0, -1.0};
     bool newton = false;  // candidate is the root of the last point's segment line
@@ -573,19 +564,23 @@ __global__ void __launch_bounds__(kSearchThreads)
   }
 }
 
-// The search over every term, in launches of up to kMaxEntries blocks. roots
-// holds c_i of all groups; out gets per Want the factors, the value per term,
-// or the scales (out may be roots).
+// The search over every term, in launches of up to kMaxEntries blocks. sq
+// holds the squared norms of all groups; out gets per Want the factors, the
+// value per term, or the scales (out may be sq).
 template <Want kWant>
-void launch_search(const std::vector<Term>& terms, Scalar scale, const at::Tensor& roots, double* out) {
+void launch_search(const std::vector<Term>& terms, Scalar scale, const at::Tensor& sq, double* out) {
   const auto stream = c10::cuda::getCurrentCUDAStream();
+  at::Tensor roots;  // the c_i of terms too large for registers
+  for (const Term& t : terms)
+    if (t.count > int64_t(kSearchThreads) * kResident && !roots.defined()) roots = at::empty_like(sq);
   for (size_t begin = 0; begin < terms.size(); begin += kMaxEntries) {
     TermTable table{};
     table.scale = scale;
     const size_t count = std::min<size_t>(kMaxEntries, terms.size() - begin);
     for (size_t i = 0; i < count; ++i) table.t[i] = terms[begin + i];
     search_kernel<kWant><<<static_cast<unsigned>(count), kSearchThreads, 0, stream>>>(
-        table, roots.const_data_ptr<double>(), kWant == Want::kValue ? out + begin : out);
+        table, sq.const_data_ptr<double>(), roots.defined() ? roots.mutable_data_ptr<double>() : nullptr,
+        kWant == Want::kValue ? out + begin : out);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 }
@@ -625,16 +620,16 @@ Term single_term(const Item& it, int64_t k, Scalar lam) {
   return {0, it.g.num_groups, k, it.g.weights.defined() ? it.g.weights.const_data_ptr<double>() : nullptr, lam};
 }
 
-at::Tensor group_roots(const Item& it) {
+at::Tensor sq_norms(const Item& it) {
   at::Tensor out = at::empty({it.g.num_groups}, doubles_on(it.x));
-  launch_group_roots({it}, out);
+  launch_sq_norms({it}, out.mutable_data_ptr<double>());
   return out;
 }
 
 at::Tensor group_norms(const at::Tensor& x, const std::optional<at::Tensor>& group_ids, int64_t num_groups) {
   const c10::cuda::CUDAGuard guard(x.device());
   const Item it = single_item("group_norms", x, group_ids, num_groups, std::nullopt);
-  return group_roots(it).to(c10::promoteTypes(x.scalar_type(), at::kFloat));
+  return at::sqrt(sq_norms(it)).to(c10::promoteTypes(x.scalar_type(), at::kFloat));
 }
 
 at::Tensor value(const at::Tensor& x, int64_t k, const std::optional<at::Tensor>& weights,
@@ -643,9 +638,9 @@ at::Tensor value(const at::Tensor& x, int64_t k, const std::optional<at::Tensor>
   const Item it = single_item("value", x, group_ids, num_groups, weights);
   check_k("value", k);
   check_weights_values("value", it.g);
-  const at::Tensor roots = group_roots(it);
+  at::Tensor sq = sq_norms(it);
   at::Tensor out = at::empty({1}, doubles_on(x));
-  launch_search<Want::kValue>({single_term(it, k, {})}, {}, roots, out.mutable_data_ptr<double>());
+  launch_search<Want::kValue>({single_term(it, k, {})}, {}, sq, out.mutable_data_ptr<double>());
   return out.reshape({}).to(x.scalar_type());
 }
 
@@ -655,7 +650,7 @@ at::Tensor value_backward(const at::Tensor& grad, const at::Tensor& x, int64_t k
   const c10::cuda::CUDAGuard guard(x.device());
   const Item it = single_item("value_backward", x, group_ids, num_groups, weights);
   check_k("value_backward", k);
-  at::Tensor scales = group_roots(it);
+  at::Tensor scales = sq_norms(it);
   launch_search<Want::kGradScales>({single_term(it, k, {})}, {}, scales, scales.mutable_data_ptr<double>());
   scales.mul_(grad.to(at::kDouble).reshape({}));
   at::Tensor out = at::empty_like(it.x);
@@ -670,7 +665,7 @@ void prox_into(const char* op, const Item& it, const at::Tensor& dst, int64_t k,
   check_weights_values(op, it.g);
   check_lam_value(op, lam.item<double>());
   const ScalarArray lams(op, "lam", lam, it.x.device());
-  at::Tensor factors = group_roots(it);
+  at::Tensor factors = sq_norms(it);
   double* f = factors.mutable_data_ptr<double>();
   launch_search<Want::kProxFactors>({single_term(it, k, lams[0])}, Scalar{nullptr, 1.0}, factors, f);
   launch_scale({it}, {dst}, f);
@@ -723,7 +718,7 @@ void prox_multi_(at::TensorList xs, at::IntArrayRef layout, const c10::List<std:
   }
   at::Tensor factors = at::empty({total}, doubles_on(xs[0]));
   double* f = factors.mutable_data_ptr<double>();
-  launch_group_roots(items, factors);
+  launch_sq_norms(items, f);
   const ScalarArray lams(op, "lam", lam, device), scales(op, "scale", scale_by, device);
   std::vector<Term> terms;
   at::Tensor all_weights;
