@@ -33,12 +33,6 @@ TORCH_LIBRARY(wgsef, m) {
   m.def(
       "prox_multi_(Tensor(a!)[] xs, int[] layout, Tensor?[] group_ids, Tensor?[] weights, "
       "int[] k, Tensor lam, Tensor scale, bool shared=False) -> ()");
-  // The device threshold search (csrc/shares_aten.cpp, used by the CUDA
-  // kernels) exposed on squared group norms, for testing on any device:
-  // prox factors, the value, and the subgradient scales.
-  m.def("_shares_prox_factors(Tensor sq, Tensor? weights, int k, Tensor lam) -> Tensor");
-  m.def("_shares_value(Tensor sq, Tensor? weights, int k) -> Tensor");
-  m.def("_shares_grad_scales(Tensor sq, Tensor? weights, int k) -> Tensor");
 
   // N:M sparsity. Groups are runs of m consecutive elements along dim; the mask
   // keeps the n largest |w| of each (NaN largest, ties to the lower index).

@@ -17,6 +17,7 @@ NaN or Inf inside x: ``value`` returns NaN (NaN present) or +Inf (only Inf), and
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -44,7 +45,16 @@ def _lam_tensor(lam: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         raise TypeError(f"lam: expected a float or a one-element tensor, got {type(lam).__name__}")
     if not (lam >= 0 and math.isfinite(lam)):
         raise ValueError(f"lam: expected a finite value >= 0, got {lam}")
-    return torch.tensor(float(lam), dtype=torch.float64)
+    if torch.compiler.is_compiling():
+        return torch.tensor(float(lam), dtype=torch.float64)
+    return _lam_constant(float(lam))
+
+
+@functools.lru_cache(maxsize=64)
+def _lam_constant(lam: float) -> torch.Tensor:
+    """A float lam as the 0-dim tensor the ops take, made once per value (making it
+    costs more than a prox on a small tensor); the ops only read it."""
+    return torch.tensor(lam, dtype=torch.float64)
 
 
 def _weights_tensor(weights, x: torch.Tensor) -> torch.Tensor | None:

@@ -114,18 +114,3 @@ def _nm_decay_backward(ctx, grad_out, grad_mask):
 torch.library.register_autograd(
     "wgsef::nm_decay", _nm_decay_backward, setup_context=_nm_decay_setup_context
 )
-
-
-@torch.library.register_fake("wgsef::_shares_prox_factors")
-def _shares_prox_factors_fake(sq, weights, k, lam):
-    return sq.new_empty(sq.shape, dtype=torch.float64)
-
-
-@torch.library.register_fake("wgsef::_shares_value")
-def _shares_value_fake(sq, weights, k):
-    return sq.new_empty((), dtype=torch.float64)
-
-
-@torch.library.register_fake("wgsef::_shares_grad_scales")
-def _shares_grad_scales_fake(sq, weights, k):
-    return sq.new_empty(sq.shape, dtype=torch.float64)
