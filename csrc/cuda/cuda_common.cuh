@@ -13,7 +13,7 @@ namespace wgsef::cuda {
 constexpr int kThreads = 256;
 // Tensors per launch of a multi-tensor kernel: their table travels as a kernel
 // argument (by value, so a CUDA graph replays it); CUDA >= 12.1 takes up to
-// 32764 bytes of arguments (sm_70 and newer), and a table stays under 10 KiB.
+// 32764 bytes of arguments (sm_70 and newer); the largest table is ~10.2 KB.
 constexpr int kMaxEntries = 128;
 
 // N values of T loaded or stored as one access of sizeof(T) * N bytes.
