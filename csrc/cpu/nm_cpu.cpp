@@ -3,8 +3,6 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
 #include <cstring>
@@ -13,6 +11,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "fresh_output.h"
 #include "nm_select.h"
 #include "wgsef/nm.h"
 
@@ -127,8 +126,8 @@ std::tuple<at::Tensor, at::Tensor> run(const char* op, const at::Tensor& w, int6
                                        int64_t dim, std::optional<double> decay, bool keep_mask) {
   const NMLayout l = check_nm_args(op, w, n, m, dim);
   const at::Tensor wc = w.contiguous();
-  at::Tensor mask = at::empty(keep_mask ? wc.sizes() : at::IntArrayRef{0}, wc.options().dtype(at::kBool));
-  at::Tensor out = decay ? at::empty_like(wc) : at::Tensor();
+  at::Tensor mask = empty_output(keep_mask ? wc.sizes() : at::IntArrayRef{0}, wc.options().dtype(at::kBool));
+  at::Tensor out = decay ? empty_output(wc.sizes(), wc.options()) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, wc.scalar_type(), "nm_kernel", [&] {
     nm_kernel(wc.const_data_ptr<scalar_t>(), keep_mask ? mask.mutable_data_ptr<bool>() : nullptr,
               decay ? out.mutable_data_ptr<scalar_t>() : nullptr, l, n, m,

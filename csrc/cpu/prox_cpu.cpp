@@ -1,9 +1,9 @@
 // Proximal operator of lam * WGSEF on the CPU: one pass for the group norms,
 // the O(groups) threshold search, one pass to scale each group.
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
+#include "fresh_output.h"
 #include "group_reduce.h"
 #include "wgsef/threshold.h"
 
@@ -32,7 +32,7 @@ at::Tensor prox(const at::Tensor& x, int64_t k, const at::Tensor& lam,
                 const std::optional<at::Tensor>& group_ids, int64_t num_groups) {
   const GroupArgs g = check_group_args("prox", x, group_ids, num_groups);
   const at::Tensor xc = x.contiguous();
-  at::Tensor out = at::empty_like(xc);
+  at::Tensor out = empty_output(xc.sizes(), xc.options());
   prox_into("prox", xc, out, k, lam, weights, g);
   return out;
 }

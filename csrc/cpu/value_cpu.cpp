@@ -1,12 +1,12 @@
 // WGSEF value, its subgradient and the group norms on the CPU.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
 #include <ATen/ops/scalar_tensor.h>
 #include <torch/library.h>
 
 #include <cmath>
 
+#include "fresh_output.h"
 #include "group_reduce.h"
 #include "wgsef/threshold.h"
 
@@ -50,7 +50,7 @@ at::Tensor value_backward(const at::Tensor& grad, const at::Tensor& x, int64_t k
   envelope_grad_scales(sq.data(), d, g.num_groups, k, scales.data(), ws.get());
   const double upstream = grad.item<double>();
   for (int64_t i = 0; i < scales.size(); ++i) scales.data()[i] *= upstream;
-  at::Tensor out = at::empty_like(xc);
+  at::Tensor out = empty_output(xc.sizes(), xc.options());
   scale_groups(xc, out, g, scales.data());
   return out;
 }
