@@ -6,6 +6,7 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 
 namespace wgsef::cuda {
@@ -26,7 +27,10 @@ struct alignas(sizeof(T) * N) Vec {
 template <typename T>
 constexpr int kVecWidth = 16 / static_cast<int>(sizeof(T));
 
-inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+// Blocks of kThreads for a grid-stride loop over n items.
+inline int grid_stride_blocks(int64_t n) {
+  return static_cast<int>(std::min<int64_t>((n + kThreads - 1) / kThreads, 65535));
+}
 
 __device__ inline double warp_sum(double v) {
   for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);

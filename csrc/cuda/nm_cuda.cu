@@ -136,8 +136,6 @@ __global__ void nm_strided_kernel(const T* w, bool* mask, T* out, int64_t outer,
   }
 }
 
-int blocks_for(int64_t n) { return static_cast<int>(std::min<int64_t>((n + kThreads - 1) / kThreads, 65535)); }
-
 template <typename T>
 bool launch_contiguous(const T* w, bool* mask, T* out, int64_t groups, int64_t n, int64_t m, double decay,
                        cudaStream_t stream) {
@@ -147,8 +145,8 @@ bool launch_contiguous(const T* w, bool* mask, T* out, int64_t groups, int64_t n
     if (reinterpret_cast<uintptr_t>(w) % kAlign != 0 || (out && reinterpret_cast<uintptr_t>(out) % kAlign != 0) ||
         (mask && reinterpret_cast<uintptr_t>(mask) % std::min<int64_t>(16, M) != 0))
       return false;
-    nm_contiguous_kernel<T, decltype(M)::value><<<blocks_for(groups), kThreads, 0, stream>>>(w, mask, out, groups, n,
-                                                                                              decay);
+    nm_contiguous_kernel<T, decltype(M)::value>
+        <<<grid_stride_blocks(groups), kThreads, 0, stream>>>(w, mask, out, groups, n, decay);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return true;
   };
@@ -185,8 +183,8 @@ std::tuple<at::Tensor, at::Tensor> nm_run(const char* op, const at::Tensor& w, i
     bool* mask_ptr = keep_mask ? mask.mutable_data_ptr<bool>() : nullptr;
     scalar_t* out_ptr = decay ? out.mutable_data_ptr<scalar_t>() : nullptr;
     if (inner == 1 && launch_contiguous(src, mask_ptr, out_ptr, groups, n, m, decay.value_or(0.0), stream)) return;
-    nm_strided_kernel<scalar_t><<<blocks_for(groups), kThreads, 0, stream>>>(src, mask_ptr, out_ptr, outer, w.size(d),
-                                                                             inner, n, m, decay.value_or(0.0));
+    nm_strided_kernel<scalar_t><<<grid_stride_blocks(groups), kThreads, 0, stream>>>(
+        src, mask_ptr, out_ptr, outer, w.size(d), inner, n, m, decay.value_or(0.0));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {out, mask};

@@ -146,8 +146,6 @@ __global__ void id_sq_norms_kernel(const T* x, const int64_t* ids, int64_t n, in
   }
 }
 
-int grid_stride_blocks(int64_t n) { return static_cast<int>(std::min<int64_t>(ceil_div(n, kThreads), 65535)); }
-
 // Squared norms of items[i] into norms + items[i].offset. Group ids are checked
 // on the host (a synchronisation); strided layouts never wait.
 void launch_sq_norms(const std::vector<Item>& items, double* norms) {
