@@ -7,6 +7,8 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <cstdint>
+#include <limits>
 #include <optional>
 
 namespace wgsef {
@@ -118,6 +120,41 @@ inline void check_term_lists(const char* op, int64_t n, at::IntArrayRef layout,
   check_lam_tensor(op, scale);
   TORCH_CHECK_VALUE(lam.dim() <= 1 && (lam.numel() == 1 || lam.numel() == terms), "wgsef.", op,
                     ": lam must have 1 or ", terms, " entries, got shape ", lam.sizes());
+}
+
+// How w splits into N:M groups along dim, after validation.
+struct NMLayout {
+  int64_t outer, length, inner;  // w viewed as (outer, length, inner); groups run along length
+};
+
+inline NMLayout check_nm_args(const char* op, const at::Tensor& w, int64_t n, int64_t m, int64_t dim) {
+  check_floating_x(op, w);
+  TORCH_CHECK_VALUE(m >= 1, "wgsef.", op, ": m must be >= 1, got ", m);
+  TORCH_CHECK_VALUE(n >= 0 && n <= m, "wgsef.", op, ": n must lie in [0, m = ", m, "], got ", n);
+  TORCH_CHECK_VALUE(m <= std::numeric_limits<int32_t>::max(), "wgsef.", op, ": m is too large");
+  TORCH_CHECK_VALUE(w.dim() >= 1, "wgsef.", op, ": w must have at least 1 dimension");
+  TORCH_CHECK_VALUE(dim >= -w.dim() && dim < w.dim(), "wgsef.", op, ": dim ", dim,
+                    " is out of range for a ", w.dim(), "-D tensor");
+  const int64_t d = dim < 0 ? dim + w.dim() : dim;
+  TORCH_CHECK_VALUE(w.size(d) % m == 0, "wgsef.", op, ": the size of dim ", dim, " (", w.size(d),
+                    ") must be a multiple of m = ", m);
+  NMLayout l{1, w.size(d), 1};
+  for (int64_t i = 0; i < d; ++i) l.outer *= w.size(i);
+  for (int64_t i = d + 1; i < w.dim(); ++i) l.inner *= w.size(i);
+  return l;
+}
+
+// nm_decay's decay D (read on the host: the kernels take it by value),
+// grad_mode and srste_weight; returns D.
+inline double check_nm_decay_args(const at::Tensor& decay, c10::string_view grad_mode, double srste_weight) {
+  TORCH_CHECK_VALUE(decay.numel() == 1, "wgsef.nm_decay: decay must be a one-element tensor, got shape ",
+                    decay.sizes());
+  const double d = decay.item<double>();
+  TORCH_CHECK_VALUE(d >= 0.0 && d <= 1.0, "wgsef.nm_decay: decay must lie in [0, 1], got ", d);
+  TORCH_CHECK_VALUE(grad_mode == "ste" || grad_mode == "scaled",
+                    "wgsef.nm_decay: grad_mode must be 'ste' or 'scaled', got '", grad_mode, "'");
+  TORCH_CHECK_VALUE(srste_weight >= 0.0, "wgsef.nm_decay: srste_weight must be >= 0, got ", srste_weight);
+  return d;
 }
 
 }  // namespace wgsef

@@ -117,22 +117,26 @@ def test_dims_and_conv_layout(dim, device):
     assert (counts == n).all()
 
 
-def test_bad_arguments():
-    w = torch.randn(4, 6)
+def test_bad_arguments(device):
+    w = torch.randn(4, 6, device=device)
     with pytest.raises(ValueError, match=r"the size of dim -1 \(6\) must be a multiple of m = 4"):
         wgsef.nm_mask(w, 2, 4)
     with pytest.raises(ValueError, match=r"n must lie in \[0, m = 4\], got 5"):
-        wgsef.nm_mask(torch.randn(4, 8), 5, 4)
+        wgsef.nm_mask(torch.randn(4, 8, device=device), 5, 4)
     with pytest.raises(ValueError, match="m must be >= 1"):
         wgsef.nm_mask(w, 0, 0)
     with pytest.raises(ValueError, match="dim 3 is out of range"):
         wgsef.nm_mask(w, 1, 2, 3)
     with pytest.raises(TypeError, match="x must be a float16"):
-        wgsef.nm_mask(torch.ones(4, 4, dtype=torch.long), 2, 4)
+        wgsef.nm_mask(torch.ones(4, 4, dtype=torch.long, device=device), 2, 4)
     with pytest.raises(ValueError, match=r"decay must lie in \[0, 1\]"):
-        wgsef.nm_decay(torch.randn(4, 8), 2, 4, 1.5)
+        wgsef.nm_decay(torch.randn(4, 8, device=device), 2, 4, 1.5)
     with pytest.raises(ValueError, match="grad_mode must be 'ste' or 'scaled'"):
-        wgsef.nm_decay(torch.randn(4, 8), 2, 4, 0.5, grad_mode="exact")
+        wgsef.nm_decay(torch.randn(4, 8, device=device), 2, 4, 0.5, grad_mode="exact")
+    with pytest.raises(ValueError, match="srste_weight must be >= 0, got -0.1"):
+        wgsef.nm_decay(torch.randn(4, 8, device=device), 2, 4, 0.5, srste_weight=-0.1)
+    with pytest.raises(ValueError, match=r"decay must be a one-element tensor, got shape \[2\]"):
+        wgsef.nm_decay(torch.randn(4, 8, device=device), 2, 4, torch.tensor([0.1, 0.2]))
 
 
 SETTINGS = settings(max_examples=40, deadline=None, derandomize=True)

@@ -18,27 +18,6 @@
 namespace wgsef::cpu {
 namespace {
 
-struct NMLayout {
-  int64_t outer, length, inner;  // w viewed as (outer, length, inner); groups run along length
-};
-
-NMLayout check_nm_args(const char* op, const at::Tensor& w, int64_t n, int64_t m, int64_t dim) {
-  check_floating_x(op, w);
-  TORCH_CHECK_VALUE(m >= 1, "wgsef.", op, ": m must be >= 1, got ", m);
-  TORCH_CHECK_VALUE(n >= 0 && n <= m, "wgsef.", op, ": n must lie in [0, m = ", m, "], got ", n);
-  TORCH_CHECK_VALUE(m <= std::numeric_limits<int32_t>::max(), "wgsef.", op, ": m is too large");
-  TORCH_CHECK_VALUE(w.dim() >= 1, "wgsef.", op, ": w must have at least 1 dimension");
-  TORCH_CHECK_VALUE(dim >= -w.dim() && dim < w.dim(), "wgsef.", op, ": dim ", dim,
-                    " is out of range for a ", w.dim(), "-D tensor");
-  const int64_t d = dim < 0 ? dim + w.dim() : dim;
-  TORCH_CHECK_VALUE(w.size(d) % m == 0, "wgsef.", op, ": the size of dim ", dim, " (", w.size(d),
-                    ") must be a multiple of m = ", m);
-  NMLayout l{1, w.size(d), 1};
-  for (int64_t i = 0; i < d; ++i) l.outer *= w.size(i);
-  for (int64_t i = d + 1; i < w.dim(); ++i) l.inner *= w.size(i);
-  return l;
-}
-
 // Selects the kept entries of `count` values forming groups of m, contiguous
 // in `values`: float32 through the vectorised select_float, double through
 // its exact 64-bit keys (16-bit floats arrive widened to float32).
@@ -143,13 +122,7 @@ at::Tensor nm_mask(const at::Tensor& w, int64_t n, int64_t m, int64_t dim) {
 std::tuple<at::Tensor, at::Tensor> nm_decay(const at::Tensor& w, int64_t n, int64_t m, int64_t dim,
                                             const at::Tensor& decay, c10::string_view grad_mode,
                                             double srste_weight) {
-  TORCH_CHECK_VALUE(decay.numel() == 1, "wgsef.nm_decay: decay must be a one-element tensor, got shape ",
-                    decay.sizes());
-  const double d = decay.item<double>();
-  TORCH_CHECK_VALUE(d >= 0.0 && d <= 1.0, "wgsef.nm_decay: decay must lie in [0, 1], got ", d);
-  TORCH_CHECK_VALUE(grad_mode == "ste" || grad_mode == "scaled", "wgsef.nm_decay: grad_mode must be 'ste' or 'scaled', got '",
-                    grad_mode, "'");
-  TORCH_CHECK_VALUE(srste_weight >= 0.0, "wgsef.nm_decay: srste_weight must be >= 0, got ", srste_weight);
+  const double d = check_nm_decay_args(decay, grad_mode, srste_weight);
   // the backward needs the mask only to scale the gradient or add the SR-STE term
   return run("nm_decay", w, n, m, dim, d, grad_mode == "scaled" || srste_weight > 0.0);
 }

@@ -161,30 +161,21 @@ bool launch_contiguous(const T* w, bool* mask, T* out, int64_t groups, int64_t n
 
 std::tuple<at::Tensor, at::Tensor> nm_run(const char* op, const at::Tensor& w, int64_t n, int64_t m, int64_t dim,
                                           std::optional<double> decay, bool keep_mask) {
-  check_floating_x(op, w);
-  TORCH_CHECK_VALUE(m >= 1 && n >= 0 && n <= m, "wgsef.", op, ": need 0 <= n <= m and m >= 1, got ", n, ":", m);
-  TORCH_CHECK_VALUE(w.dim() >= 1 && dim >= -w.dim() && dim < w.dim(), "wgsef.", op, ": dim ", dim,
-                    " is out of range for a ", w.dim(), "-D tensor");
-  const int64_t d = dim < 0 ? dim + w.dim() : dim;
-  TORCH_CHECK_VALUE(w.size(d) % m == 0, "wgsef.", op, ": the size of dim ", dim, " (", w.size(d),
-                    ") must be a multiple of m = ", m);
+  const NMLayout l = check_nm_args(op, w, n, m, dim);
   const c10::cuda::CUDAGuard guard(w.device());
-  int64_t outer = 1, inner = 1;
-  for (int64_t i = 0; i < d; ++i) outer *= w.size(i);
-  for (int64_t i = d + 1; i < w.dim(); ++i) inner *= w.size(i);
   const at::Tensor wc = w.contiguous();
   at::Tensor mask = at::empty(keep_mask ? wc.sizes() : at::IntArrayRef{0}, wc.options().dtype(at::kBool));
   at::Tensor out = decay ? at::empty_like(wc) : at::Tensor();
-  const int64_t groups = outer * (w.size(d) / m) * inner;
+  const int64_t groups = l.outer * (l.length / m) * l.inner;
   if (groups == 0) return {out, mask};
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, wc.scalar_type(), "nm_cuda", [&] {
     const scalar_t* src = wc.const_data_ptr<scalar_t>();
     bool* mask_ptr = keep_mask ? mask.mutable_data_ptr<bool>() : nullptr;
     scalar_t* out_ptr = decay ? out.mutable_data_ptr<scalar_t>() : nullptr;
-    if (inner == 1 && launch_contiguous(src, mask_ptr, out_ptr, groups, n, m, decay.value_or(0.0), stream)) return;
+    if (l.inner == 1 && launch_contiguous(src, mask_ptr, out_ptr, groups, n, m, decay.value_or(0.0), stream)) return;
     nm_strided_kernel<scalar_t><<<grid_stride_blocks(groups), kThreads, 0, stream>>>(
-        src, mask_ptr, out_ptr, outer, w.size(d), inner, n, m, decay.value_or(0.0));
+        src, mask_ptr, out_ptr, l.outer, l.length, l.inner, n, m, decay.value_or(0.0));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {out, mask};
@@ -196,12 +187,7 @@ at::Tensor nm_mask(const at::Tensor& w, int64_t n, int64_t m, int64_t dim) {
 
 std::tuple<at::Tensor, at::Tensor> nm_decay(const at::Tensor& w, int64_t n, int64_t m, int64_t dim,
                                             const at::Tensor& decay, c10::string_view grad_mode, double srste_weight) {
-  TORCH_CHECK_VALUE(decay.numel() == 1, "wgsef.nm_decay: decay must be a one-element tensor");
-  TORCH_CHECK_VALUE(grad_mode == "ste" || grad_mode == "scaled",
-                    "wgsef.nm_decay: grad_mode must be 'ste' or 'scaled', got '", grad_mode, "'");
-  // the kernel takes D by value: read once on the host
-  const double dv = decay.item<double>();
-  TORCH_CHECK_VALUE(dv >= 0.0 && dv <= 1.0, "wgsef.nm_decay: decay must lie in [0, 1], got ", dv);
+  const double dv = check_nm_decay_args(decay, grad_mode, srste_weight);
   return nm_run("nm_decay", w, n, m, dim, dv, grad_mode == "scaled" || srste_weight > 0.0);
 }
 
