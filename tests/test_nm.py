@@ -99,6 +99,28 @@ def test_large_groups(n, m, device):
         assert torch.equal(wgsef.nm_mask(dim_view.to(device), n, m).cpu(), expect)
 
 
+@pytest.mark.parametrize("n,m", [(16, 512), (4, 64), (20, 80)])
+def test_large_groups_across_scale_changes(n, m, device):
+    # The CPU kernel starts each large group from a bound guessed on the group
+    # before; runs of groups whose scale jumps up and down, quantised runs and
+    # a few exact copies of the previous group make the guess too high, too
+    # low and exactly right.
+    g = torch.Generator().manual_seed(7 * m + n)
+    groups = 600
+    w = torch.randn(groups, m, generator=g)
+    scale = torch.ones(groups)
+    scale[50:120] = 1e3
+    scale[120:200] = 1e-3
+    scale[200:400] = torch.exp(3 * torch.randn(200, generator=g))  # a new scale every group
+    w *= scale[:, None]
+    w[400:450] = torch.round(w[400:450] * 2)  # ties
+    w[450:500:2] = w[449:499:2]  # a group equal to the one before
+    w[500:510] = 0.0
+    w[510:512, ::7] = float("inf")
+    w = w.reshape(groups // 4, 4 * m)
+    assert torch.equal(wgsef.nm_mask(w.to(device), n, m).cpu(), ref_mask_sort(w, n, m, -1))
+
+
 def test_nan_ranks_largest_and_zero_signs_tie(device):
     w = torch.tensor([[0.5, float("nan"), 2.0, -0.0], [float("inf"), 1.0, float("nan"), 0.0]], device=device)
     assert wgsef.nm_mask(w, 1, 4).tolist() == [[False, True, False, False], [True, False, False, False]]

@@ -22,8 +22,8 @@ namespace {
 // in `values`: float32 through the vectorised select_float, double through
 // its exact 64-bit keys (16-bit floats arrive widened to float32).
 inline void select_groups(const float* values, int64_t count, int64_t m, int64_t n, uint8_t* keep,
-                          std::vector<uint32_t>& scratch) {
-  select_float(values, count, m, n, keep, scratch.data());
+                          SelectBuffers& buffers) {
+  select_float(values, count, m, n, keep, buffers);
 }
 inline void select_groups(const double* values, int64_t count, int64_t m, int64_t n, uint8_t* keep,
                           std::vector<uint64_t>& scratch) {
@@ -41,20 +41,26 @@ void apply_keep(const T* __restrict w, const uint8_t* __restrict keep, int64_t c
   }
 }
 
-// Work goes in blocks of about 4096 values. Last-dim groups of float32 or
-// double are selected where they lie; otherwise a block is first gathered
-// into a contiguous buffer, widened to float32 (16-bit floats) and, for
-// strided groups (conv input channels), transposed from (m, inner) to
-// (inner, m).
+// Work goes in blocks of about 1024 values. Last-dim groups of float32 or
+// double are selected where they lie, and the block kPrefetchBlocks ahead is
+// prefetched first: on the development VM the hardware prefetcher alone left
+// the selection waiting on memory (15-22% slower on 4096x4096). Otherwise a
+// block is first gathered into a contiguous buffer, widened to float32
+// (16-bit floats) and, for strided groups (conv input channels), transposed
+// from (m, inner) to (inner, m).
+constexpr int64_t kBlockValues = 1024;
+constexpr int64_t kPrefetchBlocks = 4;
+constexpr int64_t kCacheLine = 64;
 template <typename T>
 void nm_kernel(const T* w, bool* mask, T* out, const NMLayout& l, int64_t n, int64_t m,
                double decay) {
   using select_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
-  using key_t = std::conditional_t<std::is_same_v<T, double>, uint64_t, uint32_t>;
+  using scratch_t = std::conditional_t<std::is_same_v<T, double>, std::vector<uint64_t>, SelectBuffers>;
   constexpr bool in_place = std::is_same_v<T, select_t>;
   const int64_t blocks = l.length / m;  // groups per (outer, inner) line
   const int64_t tasks = l.outer * blocks;
-  const int64_t block_groups = std::max<int64_t>(1, 4096 / m);
+  const int64_t block_groups = std::max<int64_t>(1, kBlockValues / m);
+  const int64_t total = l.outer * l.length;
   const select_t pruned = static_cast<select_t>(decay);
   const auto write = [&](int64_t at, uint8_t kept) {
     if (mask) mask[at] = kept;
@@ -62,7 +68,7 @@ void nm_kernel(const T* w, bool* mask, T* out, const NMLayout& l, int64_t n, int
   };
   const int64_t per_task = std::max<int64_t>(1, m * l.inner);
   at::parallel_for(0, tasks, std::max<int64_t>(1, 32768 / per_task), [&](int64_t t0, int64_t t1) {
-    std::vector<key_t> scratch(static_cast<size_t>(4 * m));
+    scratch_t scratch(static_cast<size_t>(4 * m));
     std::vector<select_t> values(in_place && l.inner == 1 ? 0 : static_cast<size_t>(block_groups * m));
     std::vector<uint8_t> keep(static_cast<size_t>(block_groups * m));
     if (l.inner == 1) {
@@ -70,6 +76,11 @@ void nm_kernel(const T* w, bool* mask, T* out, const NMLayout& l, int64_t n, int
       for (int64_t t = t0; t < t1; t += block_groups) {
         const int64_t count = std::min(block_groups, t1 - t) * m;
         const int64_t first = t * m;
+        const int64_t ahead = first + kPrefetchBlocks * count;
+        const int64_t ahead_end = std::min(total, ahead + count);
+        for (int64_t e = ahead; e < ahead_end; e += kCacheLine / static_cast<int64_t>(sizeof(T))) {
+          __builtin_prefetch(w + e);
+        }
         const select_t* block;
         if constexpr (in_place) {
           block = w + first;
