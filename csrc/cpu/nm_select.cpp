@@ -320,40 +320,36 @@ WGSEF_ALWAYS_INLINE int lane_bits(lanes_t<W> mask, std::integer_sequence<int, L.
 }
 
 #ifdef WGSEF_X86_AVX2
-// kPackOrder[bits] lists the set bits of `bits` from the lowest: the lanes a
-// left-packing permute takes, in index order.
+// kPackOrder.lanes[bits] lists the set bits of `bits` from the lowest, padded
+// with zeros: the lanes a left-pack takes, in index order. int32 entries (8
+// KiB) load as a vector with no widening shuffle.
 struct PackOrder {
-  uint8_t lanes[256][8];
+  int32_t lanes[256][8];
 };
 constexpr PackOrder make_pack_order() {
   PackOrder order{};
   for (int bits = 0; bits < 256; ++bits) {
     int out = 0;
     for (int lane = 0; lane < 8; ++lane) {
-      if (bits >> lane & 1) order.lanes[bits][out++] = static_cast<uint8_t>(lane);
+      if (bits >> lane & 1) order.lanes[bits][out++] = lane;
     }
   }
   return order;
 }
 constexpr PackOrder kPackOrder = make_pack_order();
 
-// AVX2 bodies of lane_bits and append_lanes. Not always_inline: they are
+// AVX2 bodies of lane_bits and append_indices. Not always_inline: they are
 // inlined where the caller is flattened into an AVX2 function (select_avx2);
 // GCC refuses to force AVX2 code into a generic template first.
 __attribute__((target("avx2"))) inline int lane_bits_avx2(lanes_t<8> mask) {
   return _mm256_movemask_ps(_mm256_castsi256_ps(reinterpret_cast<__m256i>(mask)));
 }
-__attribute__((target("avx2"))) inline int64_t append_lanes_avx2(lanes_t<8> key, int bits, int32_t first,
-                                                                uint32_t* cand_key, uint32_t* cand_index,
-                                                                int64_t count) {
-  __m128i lanes;
-  std::memcpy(&lanes, kPackOrder.lanes[bits], sizeof(uint64_t));
-  const __m256i order = _mm256_cvtepu8_epi32(lanes);
-  // eight lanes are stored whatever the count; the buffers have room
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(cand_key + count),
-                      _mm256_permutevar8x32_epi32(reinterpret_cast<__m256i>(key), order));
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(cand_index + count),
-                      _mm256_add_epi32(order, _mm256_set1_epi32(first)));
+__attribute__((target("avx2"))) inline int64_t append_indices_avx2(int bits, int32_t first, uint32_t* index,
+                                                                  int64_t count) {
+  const __m256i order = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kPackOrder.lanes[bits]));
+  // eight lanes are stored whatever the count; the buffer has room
+  const __m256i indices = _mm256_add_epi32(order, _mm256_set1_epi32(first));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(index + count), indices);
   return count + __builtin_popcount(static_cast<unsigned>(bits));
 }
 #endif
@@ -366,18 +362,16 @@ WGSEF_ALWAYS_INLINE int lane_bits(lanes_t<W> mask) {
   return lane_bits<W>(mask, std::make_integer_sequence<int, W>{});
 }
 
-// Appends the lanes of key (indices first, first + 1, ...) whose bit is set
-// to the candidates, in index order, without branches; returns the new
-// count. cand_key and cand_index need room for W entries past the count.
+// Appends first + j for the set bits j of `bits` (a vector's lanes) to index,
+// in order, without branches; returns the new count. index needs room for W
+// entries past the count.
 template <int W>
-WGSEF_ALWAYS_INLINE int64_t append_lanes(lanes_t<W> key, int bits, int32_t first, uint32_t* cand_key,
-                                         uint32_t* cand_index, int64_t count) {
+WGSEF_ALWAYS_INLINE int64_t append_indices(int bits, int32_t first, uint32_t* index, int64_t count) {
 #ifdef WGSEF_X86_AVX2
-  if constexpr (W == 8) return append_lanes_avx2(key, bits, first, cand_key, cand_index, count);
+  if constexpr (W == 8) return append_indices_avx2(bits, first, index, count);
 #endif
   for (int j = 0; j < W; ++j) {
-    cand_key[count] = static_cast<uint32_t>(key[j]);
-    cand_index[count] = static_cast<uint32_t>(first + j);
+    index[count] = static_cast<uint32_t>(first + j);
     count += bits >> j & 1;
   }
   return count;
@@ -442,15 +436,13 @@ constexpr int64_t slices_of(int64_t m) {
 }
 constexpr int64_t hint_candidates(int64_t n) { return n + n / 2 + 4; }
 
-// The keys of w[0, m) at or above bound, in index order.
+// The indices of the keys of w[0, m) at or above bound, in order.
 template <int W>
-WGSEF_ALWAYS_INLINE int64_t gather_candidates(const float* w, int64_t m, int32_t bound, uint32_t* cand_key,
-                                              uint32_t* cand_index) {
+WGSEF_ALWAYS_INLINE int64_t gather_candidates(const float* w, int64_t m, int32_t bound, uint32_t* cand_index) {
   int64_t count = 0;
   for (int64_t v = 0; v < m; v += W) {
-    const lanes_t<W> key = load_magnitudes<W>(w + v);
-    count = append_lanes<W>(key, lane_bits<W>(key > bound - 1), static_cast<int32_t>(v), cand_key, cand_index,
-                            count);
+    count = append_indices<W>(lane_bits<W>(load_magnitudes<W>(w + v) > bound - 1), static_cast<int32_t>(v),
+                              cand_index, count);
   }
   return count;
 }
@@ -463,7 +455,7 @@ WGSEF_ALWAYS_INLINE void select_large_group(const float* w, int64_t m, int64_t n
   int64_t count = 0;
   uint32_t bound = hint;
   if (hint != SelectBuffers::kNoHint) {
-    count = gather_candidates<W>(w, m, static_cast<int32_t>(hint), cand_key, cand_index);
+    count = gather_candidates<W>(w, m, static_cast<int32_t>(hint), cand_index);
   }
   if (count < n || count > std::max(kMaxRankedCandidates, 2 * hint_candidates(n))) {
     uint32_t* slice_max = scratch + 2 * m + 2 * W;  // slices_of(m) <= m entries
@@ -479,14 +471,10 @@ WGSEF_ALWAYS_INLINE void select_large_group(const float* w, int64_t m, int64_t n
     // 8 bits past the shared prefix bound the n-th largest maximum within ~1%;
     // a NaN maximum counts as +inf
     bound = std::min(nth_largest<W>(slice_max, slices, n, 8), 0x7F800000u);
-    count = gather_candidates<W>(w, m, static_cast<int32_t>(bound), cand_key, cand_index);
+    count = gather_candidates<W>(w, m, static_cast<int32_t>(bound), cand_index);
   }
-  // candidates are ranked by rank_key: NaN patterns clamp to +inf
   const int64_t vectors = (count + W - 1) / W;
-  for (int64_t v = 0; v < count; v += W) {
-    const lanes_t<W> clamped = lanes_min<W>(load<W>(cand_key + v), lanes_t<W>{} + 0x7F800000);
-    std::memcpy(cand_key + v, &clamped, sizeof clamped);
-  }
+  for (int64_t c = 0; c < count; ++c) cand_key[c] = nm::rank_key(w[cand_index[c]]);
   std::memset(keep, 0, static_cast<size_t>(m));
   uint32_t nth;
   std::fill(cand_key + count, cand_key + vectors * W, ~0u);  // -1 as a signed key
