@@ -428,8 +428,8 @@ WGSEF_ALWAYS_INLINE bool rank_few_candidates(const uint32_t* cand_key, const uin
 // maxima of disjoint slices is the bound, since n slices each hold a key at
 // least that large; a slice is one lane of a chunk of up to 8 consecutive
 // vectors, so the maxima come from vertical vector maxes. On 4096x4096
-// Gaussian weights at 16:512 the hint cut the selection from 20 to about
-// 8.5 ms. scratch holds 3m + 2W <= 4m keys.
+// Gaussian weights at 16:512 the guess (with the prefetch in nm_cpu.cpp)
+// took nm_mask from 21 to 8.5 ms. scratch holds 3m + 2W <= 4m keys.
 template <int W>
 constexpr int64_t slices_of(int64_t m) {
   return (m + 8 * W - 1) / (8 * W) * W;
