@@ -1,7 +1,8 @@
 // N:M selection over float32, a vector of W lanes at a time. Written with
 // GCC/Clang vector extensions, so one source compiles to SSE2 or NEON (W = 4)
 // and, on x86-64 CPUs that have it, AVX2 (W = 8, picked at run time; two
-// helpers of the large-group path use AVX2 intrinsics there). The ranking rule is the one of wgsef/nm.h (NaN = +inf, ties to the lower index,
+// helpers of the large-group path use AVX2 intrinsics there). The ranking
+// rule is the one of wgsef/nm.h (NaN = +inf, ties to the lower index,
 // -0 == +0), which the scalar path and the CUDA kernels share.
 #include "nm_select.h"
 
