@@ -15,6 +15,7 @@ import pytest
 TESTS = [
     "test_nm.py::test_mask_matches_both_reference_forms_on_tied_inputs",
     "test_nm.py::test_large_groups",
+    "test_nm.py::test_large_groups_across_scale_changes",
     "test_nm.py::test_dims_and_conv_layout",
     "test_nm.py::test_decay_forward_and_gradients_match_the_unfused_formula",
     "test_prox_value.py",
