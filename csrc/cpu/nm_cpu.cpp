@@ -83,7 +83,8 @@ void nm_kernel(const T* w, bool* mask, T* out, const NMLayout& l, int64_t n, int
         const int64_t first = t * m;
         if constexpr (prefetch) {
           const int64_t ahead = first + kPrefetchBlocks * count;
-          for (int64_t e = ahead; e < std::min(total, ahead + count); e += kCacheLine / 4) __builtin_prefetch(w + e);
+          const int64_t end = std::min(total, ahead + count);
+          for (int64_t e = ahead; e < end; e += kCacheLine / static_cast<int64_t>(sizeof(T))) __builtin_prefetch(w + e);
         }
         const select_t* block;
         if constexpr (in_place) {

@@ -38,13 +38,21 @@ constexpr lanes_t<W> lane_index() {
   return lane_index<W>(std::make_integer_sequence<int, W>{});
 }
 
+// Magnitude bits of W floats: rank_key without the NaN clamp. Against a bound
+// at most the +inf pattern, key >= bound holds for these exactly when it holds
+// for the clamped keys.
+template <int W>
+WGSEF_ALWAYS_INLINE lanes_t<W> load_magnitudes(const float* p) {
+  lanes_t<W> bits;
+  std::memcpy(&bits, p, sizeof bits);
+  return bits & 0x7FFFFFFF;
+}
+
 // rank_key of W floats: the magnitude bits, NaN clamped to the +inf pattern.
 // The keys are below 2^31, so signed compares order them.
 template <int W>
 WGSEF_ALWAYS_INLINE lanes_t<W> load_keys(const float* p) {
-  lanes_t<W> bits;
-  std::memcpy(&bits, p, sizeof bits);
-  bits &= 0x7FFFFFFF;
+  const lanes_t<W> bits = load_magnitudes<W>(p);
   const lanes_t<W> inf = lanes_t<W>{} + 0x7F800000;
   return bits < inf ? bits : inf;
 }
@@ -302,16 +310,6 @@ WGSEF_ALWAYS_INLINE uint32_t nth_largest(const uint32_t* key, int64_t count, int
     if (-spread_sum<W>(at_least)[0] >= n) threshold = static_cast<uint32_t>(trial);
   }
   return threshold;
-}
-
-// Magnitude bits of W floats: rank_key without the NaN clamp. Against a bound
-// at most the +inf pattern, key >= bound holds for these exactly when it holds
-// for the clamped keys.
-template <int W>
-WGSEF_ALWAYS_INLINE lanes_t<W> load_magnitudes(const float* p) {
-  lanes_t<W> bits;
-  std::memcpy(&bits, p, sizeof bits);
-  return bits & 0x7FFFFFFF;
 }
 
 // One bit per lane of a compare result, lane 0 lowest.
