@@ -1,7 +1,20 @@
 # Two entry points do all set-up on a fresh machine:
 #   make demo   - build wgsef into .venv and run the main job
 #   make test   - build wgsef into .venv and run the test suite
+#
+# Version pins, explained in one place:
+#   TORCH_VERSION       torch for .venv, the build and test environment. Tests and
+#                       benchmarks were run with it; the index CI installs from serves
+#                       its CPU-only build (2.13.0+cpu). wgsef builds against any
+#                       torch >= 2.10 (pyproject.toml).
+#   TORCH_CUDA_VERSION  torch for `make cuda-check`, installed with --no-deps only to
+#                       compile and link the CUDA kernels: a CUDA 13 build (+cu130),
+#                       the newest release, so removals in torch's headers show early.
+# requirements-dev.txt holds the other build, test and lint tools, unpinned except
+# for the minimum versions the build needs.
 PYTHON ?= python3
+TORCH_VERSION      ?= 2.13.0
+TORCH_CUDA_VERSION ?= 2.14.1
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 DEPS   := $(VENV)/.deps-installed
@@ -12,9 +25,9 @@ SOURCES := $(shell find csrc python -type f -not -name '*.pyc') CMakeLists.txt p
 
 install: $(BUILT)
 
-$(DEPS): requirements-dev.txt
+$(DEPS): requirements-dev.txt Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -r requirements-dev.txt
+	$(BIN)/pip install -q torch==$(TORCH_VERSION) -r requirements-dev.txt
 	touch $@
 
 # --no-build-isolation: compile against the torch installed in the venv
@@ -41,7 +54,7 @@ CUDA_VENV ?= .venv-cuda
 CUDA_PATH ?= /usr/local/cuda
 cuda-check:
 	$(PYTHON) -m venv $(CUDA_VENV)
-	$(CUDA_VENV)/bin/pip install -q --no-deps torch==2.14.1
+	$(CUDA_VENV)/bin/pip install -q --no-deps torch==$(TORCH_CUDA_VERSION)
 	$(CUDA_VENV)/bin/pip install -q numpy "scikit-build-core>=0.11" "pybind11>=2.13" "cmake>=3.27" ninja
 	CUDA_PATH=$(CUDA_PATH) TORCH_CUDA_ARCH_LIST=9.0 WGSEF_CUDA=ON $(CUDA_VENV)/bin/pip wheel -q \
 	  --no-build-isolation --no-deps -Cbuild-dir=build/cuda-check -w build/cuda-check/dist .

@@ -13,8 +13,9 @@
 
 namespace wgsef {
 
-// How x splits into groups, after validation.
-struct GroupArgs {
+// How x splits into groups, after validation (wgsef.groups.GroupLayout on the
+// Python side).
+struct GroupLayout {
   int64_t num_groups = 0;
   int64_t outer = 1, inner = 1;  // strided layout: x viewed as (outer, num_groups, inner)
   at::Tensor group_ids;          // int64, contiguous; undefined for the strided layout
@@ -28,11 +29,11 @@ inline void check_floating_x(const char* op, const at::Tensor& x) {
                    t);
 }
 
-inline GroupArgs check_group_args(const char* op, const at::Tensor& x,
+inline GroupLayout check_group_layout(const char* op, const at::Tensor& x,
                                   const std::optional<at::Tensor>& group_ids,
                                   int64_t num_groups) {
   check_floating_x(op, x);
-  GroupArgs g;
+  GroupLayout g;
   if (group_ids.has_value()) {
     const at::Tensor& ids = *group_ids;
     TORCH_CHECK_TYPE(ids.scalar_type() == at::kLong, "wgsef.", op,
@@ -65,7 +66,7 @@ inline void check_k(const char* op, int64_t k) {
 
 // Weights as float64 on x's device; checks shape and dtype. Their values are
 // checked on the host by host_weights().
-inline void attach_weights(const char* op, GroupArgs& g, const at::Tensor& x,
+inline void attach_weights(const char* op, GroupLayout& g, const at::Tensor& x,
                            const std::optional<at::Tensor>& weights) {
   if (!weights.has_value()) return;
   const at::Tensor& w = *weights;
@@ -87,13 +88,12 @@ inline void check_host_weights(const char* op, const double* d, int64_t m) {
   }
 }
 
-// lam as a double; lam must be a finite, non-negative real number in a
-// one-element tensor.
-inline void check_lam_tensor(const char* op, const at::Tensor& lam) {
-  TORCH_CHECK_VALUE(lam.numel() == 1, "wgsef.", op,
-                    ": lam must be a one-element tensor, got shape ", lam.sizes());
-  TORCH_CHECK_TYPE(!lam.is_complex() && lam.scalar_type() != at::kBool, "wgsef.", op,
-                   ": lam must be real, got ", lam.scalar_type());
+// A hyperparameter passed as a tensor (lam, lr): one real element.
+inline void check_scalar_tensor(const char* op, const char* name, const at::Tensor& t) {
+  TORCH_CHECK_VALUE(t.numel() == 1, "wgsef.", op, ": ", name,
+                    " must be a one-element tensor, got shape ", t.sizes());
+  TORCH_CHECK_TYPE(!t.is_complex() && t.scalar_type() != at::kBool, "wgsef.", op, ": ", name,
+                   " must be real, got ", t.scalar_type());
 }
 
 inline void check_lam_value(const char* op, double lam) {
@@ -101,12 +101,48 @@ inline void check_lam_value(const char* op, double lam) {
                     ": lam must be finite and >= 0, got ", lam);
 }
 
+// One tensor of a multi-tensor call with its group layout; offset is where its
+// groups start in the call's per-group arrays (norms, factors).
+struct GroupedTensor {
+  at::Tensor data;  // contiguous: what the kernels read and write
+  GroupLayout layout;
+  int64_t offset = 0;
+};
+
+// xs[i] of prox_multi_: its layout entry (outer, groups, inner) or, with
+// group_ids[i] given, its ids and number of groups; its weights' shape and
+// dtype (their values are checked per backend). data is xs[i] made contiguous.
+inline GroupedTensor check_grouped_tensor(const char* op, const at::Tensor& x, int64_t i,
+                                          at::IntArrayRef layout,
+                                          const c10::List<std::optional<at::Tensor>>& group_ids,
+                                          const c10::List<std::optional<at::Tensor>>& weights,
+                                          int64_t offset) {
+  check_floating_x(op, x);
+  GroupedTensor t{x.contiguous(), {}, offset};
+  const std::optional<at::Tensor> ids =
+      group_ids.empty() ? std::nullopt : static_cast<std::optional<at::Tensor>>(group_ids.get(i));
+  if (ids.has_value()) {
+    t.layout = check_group_layout(op, t.data, ids, layout[3 * i + 1]);
+  } else {
+    GroupLayout& g = t.layout;
+    g.outer = layout[3 * i];
+    g.num_groups = layout[3 * i + 1];
+    g.inner = layout[3 * i + 2];
+    TORCH_CHECK_VALUE(g.outer >= 0 && g.num_groups >= 0 && g.inner >= 0 &&
+                          g.outer * g.num_groups * g.inner == x.numel(),
+                      "wgsef.", op, ": layout entry ", i, " (", g.outer, ", ", g.num_groups, ", ",
+                      g.inner, ") does not cover the ", x.numel(), " elements of xs[", i, "]");
+  }
+  if (!weights.empty()) attach_weights(op, t.layout, x, weights.get(i));
+  return t;
+}
+
 // The list arguments of prox_multi_ (every backend): layout, ids, weights,
 // budgets and strengths agree with the number of tensors.
 inline void check_term_lists(const char* op, int64_t n, at::IntArrayRef layout,
                       const c10::List<std::optional<at::Tensor>>& group_ids,
                       const c10::List<std::optional<at::Tensor>>& weights, at::IntArrayRef k,
-                      const at::Tensor& lam, const at::Tensor& scale, bool shared) {
+                      const at::Tensor& lam, const at::Tensor& lr, bool shared) {
   TORCH_CHECK_VALUE(static_cast<int64_t>(layout.size()) == 3 * n, "wgsef.", op,
                     ": layout must have 3 entries per tensor (", 3 * n, "), got ", layout.size());
   TORCH_CHECK_VALUE(group_ids.empty() || static_cast<int64_t>(group_ids.size()) == n, "wgsef.", op,
@@ -117,7 +153,7 @@ inline void check_term_lists(const char* op, int64_t n, at::IntArrayRef layout,
   TORCH_CHECK_VALUE(static_cast<int64_t>(k.size()) == terms, "wgsef.", op, ": k must have ", terms,
                     " entries (", shared ? "shared budget" : "one per tensor", "), got ", k.size());
   for (int64_t kk : k) check_k(op, kk);
-  check_lam_tensor(op, scale);
+  check_scalar_tensor(op, "lr", lr);
   TORCH_CHECK_VALUE(lam.dim() <= 1 && (lam.numel() == 1 || lam.numel() == terms), "wgsef.", op,
                     ": lam must have 1 or ", terms, " entries, got shape ", lam.sizes());
 }

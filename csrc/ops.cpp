@@ -26,13 +26,14 @@ TORCH_LIBRARY(wgsef, m) {
   // In-place prox on a list of tensors, one call per optimizer param group.
   // layout holds (outer, groups, inner) per tensor; with group_ids[i] given,
   // layout[3i+1] is its number of groups and the other two are ignored.
-  // weights: [] or one optional entry per tensor. shared=False: tensor i is its
-  // own WGSEF term with budget k[i] and strength scale*lam[i] (lam has 1 or n
-  // entries). shared=True: one term over all groups of all tensors, budget
-  // k[0] and strength scale*lam[0].
+  // weights: [] or one optional entry per tensor. lr is the optimizer's step
+  // size, which multiplies every lam. shared=False: tensor i is its own WGSEF
+  // term with budget k[i] and strength lr*lam[i] (lam has 1 or n entries).
+  // shared=True: one term over all groups of all tensors, budget k[0] and
+  // strength lr*lam[0].
   m.def(
       "prox_multi_(Tensor(a!)[] xs, int[] layout, Tensor?[] group_ids, Tensor?[] weights, "
-      "int[] k, Tensor lam, Tensor scale, bool shared=False) -> ()");
+      "int[] k, Tensor lam, Tensor lr, bool shared=False) -> ()");
 
   // N:M sparsity. Groups are runs of m consecutive elements along dim; the mask
   // keeps the n largest |w| of each (NaN largest, ties to the lower index).

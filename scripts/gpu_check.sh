@@ -42,7 +42,7 @@ grep -E "wall|^ +[0-9]" "$OUT/profile.log" | head -60
 
 stage "benchmark suite on CUDA (quick, with fc6)" bench.log
 timeout 200 python3 bench/suite.py --quick --device cuda --out /tmp/wgsef-suite >> "$OUT/bench.log" 2>&1
-cp /tmp/wgsef-suite/suite_cuda.md /tmp/wgsef-suite/suite_cuda.csv "$OUT/"  # the device tool returns 8 files
+cp /tmp/wgsef-suite/suite_cuda.md /tmp/wgsef-suite/suite_cuda.csv "$OUT/"
 tail -3 "$OUT/bench.log"
 grep -E "huge|model|optimizer|nm_decay|nm_mask 2:4" "$OUT/suite_cuda.md"
 echo "== done ($(date +%T))"

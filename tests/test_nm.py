@@ -52,6 +52,7 @@ def tied_tensor(shape, seed, dtype=torch.float32):
     return x
 
 
+@pytest.mark.baseline_cpu
 # covers every selection path: rank forms (m = 4, 8, 16, 32), first maximum
 # (n = 1, m a multiple of 8), large groups (m = 40, 64) and the scalar
 # fallback (m = 12, and 30:64 with more kept than slices)
@@ -84,6 +85,7 @@ def test_mask_brute_force_small(device):
         assert sorted(torch.nonzero(got).flatten().tolist()) == list(valid[0])
 
 
+@pytest.mark.baseline_cpu
 @pytest.mark.parametrize("n,m", [(16, 512), (8, 256), (4, 64), (1, 128), (64, 2048), (3, 4096)])
 def test_large_groups(n, m, device):
     g = torch.Generator().manual_seed(m + n)
@@ -99,6 +101,7 @@ def test_large_groups(n, m, device):
         assert torch.equal(wgsef.nm_mask(dim_view.to(device), n, m).cpu(), expect)
 
 
+@pytest.mark.baseline_cpu
 @pytest.mark.parametrize("n,m", [(16, 512), (4, 64), (20, 80)])
 def test_large_groups_across_scale_changes(n, m, device):
     # The CPU kernel starts each large group from a bound guessed on the group
@@ -129,6 +132,7 @@ def test_nan_ranks_largest_and_zero_signs_tie(device):
     assert wgsef.nm_mask(z, 2, 4).tolist() == [True, True, False, False]
 
 
+@pytest.mark.baseline_cpu
 @pytest.mark.parametrize("dim", [0, 1, -1])
 def test_dims_and_conv_layout(dim, device):
     w = tied_tensor((8, 16, 3, 3) if dim != -1 else (8, 16, 3, 4), 5)
@@ -178,6 +182,7 @@ def test_properties(pattern, rows, seed, scale):
     assert torch.equal(wgsef.nm_mask(-w, n, m), mask)
 
 
+@pytest.mark.baseline_cpu
 @pytest.mark.parametrize("decay", [0.0, 0.3, 1.0])
 def test_decay_forward_and_gradients_match_the_unfused_formula(decay, device):
     w = torch.randn(6, 16, dtype=torch.float64, device=device, requires_grad=True)
@@ -201,12 +206,12 @@ def test_decay_forward_and_gradients_match_the_unfused_formula(decay, device):
     assert torch.autograd.gradcheck(lambda t: wgsef.nm_decay(t, 2, 8, decay, grad_mode="scaled"), (w,))
 
 
-def test_opcheck_nm_ops():
-    w = torch.randn(4, 8, 3)
+def test_opcheck_nm_ops(device):
+    w = torch.randn(4, 8, 3, device=device)
     opcheck(torch.ops.wgsef.nm_mask.default, (w, 2, 4, 1))
-    wg = torch.randn(4, 16, dtype=torch.float64, requires_grad=True)
-    opcheck(torch.ops.wgsef.nm_decay.default, (wg, 1, 8, -1, torch.tensor(0.25), "scaled", 1e-3))
-    opcheck(torch.ops.wgsef.nm_decay.default, (wg.detach(), 2, 4, -1, torch.tensor(0.0)))
+    wg = torch.randn(4, 16, dtype=torch.float64, device=device, requires_grad=True)
+    opcheck(torch.ops.wgsef.nm_decay.default, (wg, 1, 8, -1, torch.tensor(0.25, device=device), "scaled", 1e-3))
+    opcheck(torch.ops.wgsef.nm_decay.default, (wg.detach(), 2, 4, -1, torch.tensor(0.0, device=device)))
 
 
 def test_compile_decay_does_not_recompile():

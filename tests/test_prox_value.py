@@ -9,6 +9,8 @@ import torch
 import wgsef
 from tests import reference as ref
 
+pytestmark = pytest.mark.baseline_cpu
+
 # (shape, group spec) pairs covering every group type
 CASES = [
     ((12, 5, 3, 3), "filters"),

@@ -10,20 +10,20 @@ from tests import reference as ref
 OPS = torch.ops.wgsef
 
 
-def samples():
-    x = torch.randn(3, 5, 4, dtype=torch.float64)
+def samples(device="cpu"):
+    x = torch.randn(3, 5, 4, dtype=torch.float64, device=device)
     xg = x.clone().requires_grad_(True)
-    ids = torch.randint(0, 6, (4, 5))
-    y = torch.randn(4, 5)
-    lam = torch.tensor(0.3)
-    w = torch.rand(5, dtype=torch.float64) + 0.5
+    ids = torch.randint(0, 6, (4, 5), device=device)
+    y = torch.randn(4, 5, device=device)
+    lam = torch.tensor(0.3, device=device)
+    w = torch.rand(5, dtype=torch.float64, device=device) + 0.5
     return [
         (OPS.group_norms.default, (x,), {}),
         (OPS.group_norms.default, (y, ids, 6), {}),
         (OPS.value.default, (x, 2), {}),
         (OPS.value.default, (xg, 2, w), {}),
         (OPS.value.default, (y, 2, None, ids, 6), {}),
-        (OPS.value_backward.default, (torch.tensor(1.5, dtype=torch.float64), x, 2, w), {}),
+        (OPS.value_backward.default, (torch.tensor(1.5, dtype=torch.float64, device=device), x, 2, w), {}),
         (OPS.prox.default, (x, 2, lam, w), {}),
         (OPS.prox.default, (y, 9, lam, None, ids, 6), {}),
         (OPS.prox_.default, (x.clone(), 1, lam), {}),
@@ -31,13 +31,13 @@ def samples():
         (OPS.prox_multi_.default,
          ([x.clone(), y.clone()], [3, 5, 4, 0, 6, 0], [None, ids], [w, None], [2, 3], lam, lam), {}),
         (OPS.prox_multi_.default,
-         ([x.clone(), y.clone()], [1, 3, 20, 4, 5, 1], [], [], [4], torch.tensor([0.5]), lam, True), {}),
+         ([x.clone(), y.clone()], [1, 3, 20, 4, 5, 1], [], [], [4], torch.tensor([0.5], device=device), lam, True), {}),
     ]
 
 
 @pytest.mark.parametrize("case", range(len(samples())))
-def test_opcheck(case):
-    op, args, kwargs = samples()[case]
+def test_opcheck(case, device):
+    op, args, kwargs = samples(device)[case]
     opcheck(op, args, kwargs)
 
 

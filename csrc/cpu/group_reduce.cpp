@@ -42,7 +42,6 @@ inline void scale_each_run(const T* src, T* dst, const acc_t* factors, int64_t n
 template <typename T>
 void strided_scale(const T* src, T* dst, int64_t A, int64_t G, int64_t C,
                    const at::opmath_type<T>* f) {
-  using acc_t = at::opmath_type<T>;
   const int64_t rows = A * G;
   at::parallel_for(0, rows, std::max<int64_t>(1, kGrain / std::max<int64_t>(C, 1)),
                    [&](int64_t r0, int64_t r1) {
@@ -69,7 +68,7 @@ void id_scale(const T* src, T* dst, const int64_t* ids, int64_t n, const at::opm
 
 }  // namespace
 
-PooledBuffer<double> group_sq_norms(const at::Tensor& x, const GroupArgs& g) {
+PooledBuffer<double> group_sq_norms(const at::Tensor& x, const GroupLayout& g) {
   PooledBuffer<double> out(g.num_groups);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "group_sq_norms", [&] {
     const scalar_t* px = x.const_data_ptr<scalar_t>();
@@ -89,7 +88,7 @@ PooledBuffer<double> group_sq_norms(const at::Tensor& x, const GroupArgs& g) {
   return out;
 }
 
-void scale_groups(const at::Tensor& src, const at::Tensor& dst, const GroupArgs& g,
+void scale_groups(const at::Tensor& src, const at::Tensor& dst, const GroupLayout& g,
                   const double* factors) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, src.scalar_type(), "scale_groups", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -106,21 +105,7 @@ void scale_groups(const at::Tensor& src, const at::Tensor& dst, const GroupArgs&
   });
 }
 
-namespace {
-Workspace& thread_workspace() {
-  thread_local Workspace ws;
-  return ws;
-}
-}  // namespace
-
-WorkspaceLease::WorkspaceLease() : ws_(thread_workspace()) {}
-
-WorkspaceLease::~WorkspaceLease() {
-  constexpr size_t kKeepBytes = size_t{64} << 20;
-  if (ws_.data.size() * sizeof(double) > kKeepBytes) ws_.data = std::vector<double>();
-}
-
-const double* host_weights(const char* op, const GroupArgs& g) {
+const double* host_weights(const char* op, const GroupLayout& g) {
   if (!g.weights.defined()) return nullptr;
   const double* d = g.weights.const_data_ptr<double>();
   check_host_weights(op, d, g.num_groups);

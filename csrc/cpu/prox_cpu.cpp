@@ -12,10 +12,10 @@ namespace {
 
 void prox_into(const char* op, const at::Tensor& src, const at::Tensor& dst, int64_t k,
                const at::Tensor& lam, const std::optional<at::Tensor>& weights,
-               const GroupArgs& layout) {
-  GroupArgs g = layout;
+               const GroupLayout& layout) {
+  GroupLayout g = layout;
   check_k(op, k);
-  check_lam_tensor(op, lam);
+  check_scalar_tensor(op, "lam", lam);
   const double l = lam.item<double>();
   check_lam_value(op, l);
   attach_weights(op, g, src, weights);
@@ -30,7 +30,7 @@ void prox_into(const char* op, const at::Tensor& src, const at::Tensor& dst, int
 at::Tensor prox(const at::Tensor& x, int64_t k, const at::Tensor& lam,
                 const std::optional<at::Tensor>& weights,
                 const std::optional<at::Tensor>& group_ids, int64_t num_groups) {
-  const GroupArgs g = check_group_args("prox", x, group_ids, num_groups);
+  const GroupLayout g = check_group_layout("prox", x, group_ids, num_groups);
   const at::Tensor xc = x.contiguous();
   at::Tensor out = empty_output(xc.sizes(), xc.options());
   prox_into("prox", xc, out, k, lam, weights, g);
@@ -40,7 +40,7 @@ at::Tensor prox(const at::Tensor& x, int64_t k, const at::Tensor& lam,
 void prox_(at::Tensor& x, int64_t k, const at::Tensor& lam,
            const std::optional<at::Tensor>& weights, const std::optional<at::Tensor>& group_ids,
            int64_t num_groups) {
-  const GroupArgs g = check_group_args("prox_", x, group_ids, num_groups);
+  const GroupLayout g = check_group_layout("prox_", x, group_ids, num_groups);
   if (x.is_contiguous()) {
     prox_into("prox_", x, x, k, lam, weights, g);
     return;

@@ -4,26 +4,86 @@
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
-#include "prox_terms.h"
+#include <vector>
+
+#include "group_reduce.h"
+#include "thread_buffers.h"
+#include "wgsef/threshold.h"
 
 namespace wgsef::cpu {
 namespace {
 
 constexpr const char* kOp = "prox_multi_";
 
+// One term per tensor: norms, search and scaling one tensor at a time, so that
+// the scaling pass finds a tensor that fits the last-level cache still there.
+void prox_per_tensor(std::vector<GroupedTensor>& tensors, at::IntArrayRef k,
+                     const std::vector<double>& strengths, Workspace& ws) {
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    GroupedTensor& t = tensors[i];
+    const PooledBuffer<double> sq = group_sq_norms(t.data, t.layout);
+    PooledBuffer<double> factors(sq.size());
+    prox_factors(sq.data(), host_weights(kOp, t.layout), t.layout.num_groups, k[i], strengths[i],
+                 factors.data(), ws);
+    scale_groups(t.data, t.data, t.layout, factors.data());
+  }
+}
+
+// One term over the groups of all tensors: one search, each tensor scaled by
+// its slice of the factors.
+void prox_shared(std::vector<GroupedTensor>& tensors, int64_t k, double strength, Workspace& ws) {
+  bool weighted = false;
+  for (const GroupedTensor& t : tensors) weighted = weighted || t.layout.weights.defined();
+  std::vector<double> sq, d;
+  for (const GroupedTensor& t : tensors) {
+    const PooledBuffer<double> tensor_sq = group_sq_norms(t.data, t.layout);
+    sq.insert(sq.end(), tensor_sq.data(), tensor_sq.data() + tensor_sq.size());
+    if (!weighted) continue;
+    const double* w = host_weights(kOp, t.layout);
+    if (w) {
+      d.insert(d.end(), w, w + t.layout.num_groups);
+    } else {
+      d.insert(d.end(), static_cast<size_t>(t.layout.num_groups), 1.0);
+    }
+  }
+  std::vector<double> factors(sq.size());
+  prox_factors(sq.data(), weighted ? d.data() : nullptr, static_cast<int64_t>(sq.size()), k,
+               strength, factors.data(), ws);
+  for (GroupedTensor& t : tensors)
+    scale_groups(t.data, t.data, t.layout, factors.data() + t.offset);
+}
+
 void prox_multi_(at::TensorList xs, at::IntArrayRef layout,
                  const c10::List<std::optional<at::Tensor>>& group_ids,
                  const c10::List<std::optional<at::Tensor>>& weights, at::IntArrayRef k,
-                 const at::Tensor& lam, const at::Tensor& scale, bool shared) {
+                 const at::Tensor& lam, const at::Tensor& lr, bool shared) {
   const int64_t n = static_cast<int64_t>(xs.size());
-  check_term_lists(kOp, n, layout, group_ids, weights, k, lam, scale, shared);
-  std::vector<TermMember> members;
-  members.reserve(n);
+  check_term_lists(kOp, n, layout, group_ids, weights, k, lam, lr, shared);
+  // every argument is checked before the first tensor changes
+  std::vector<GroupedTensor> tensors;
+  tensors.reserve(n);
+  int64_t offset = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    tensors.push_back(check_grouped_tensor(kOp, xs[i], i, layout, group_ids, weights, offset));
+    host_weights(kOp, tensors.back().layout);
+    offset += tensors.back().layout.num_groups;
+  }
+  const at::Tensor lam_host = lam.to(at::kDouble).contiguous();
+  const double step = lr.item<double>();
+  std::vector<double> strengths(shared ? std::min<size_t>(1, tensors.size()) : tensors.size());
+  for (size_t t = 0; t < strengths.size(); ++t) {
+    strengths[t] = step * lam_host.const_data_ptr<double>()[lam.numel() == 1 ? 0 : t];
+    check_lam_value(kOp, strengths[t]);
+  }
+  if (tensors.empty()) return;
+  WorkspaceLease ws;
+  if (shared) {
+    prox_shared(tensors, k[0], strengths[0], ws.get());
+  } else {
+    prox_per_tensor(tensors, k, strengths, ws.get());
+  }
   for (int64_t i = 0; i < n; ++i)
-    members.push_back(make_term_member(kOp, xs[i].contiguous(), i, layout, group_ids, weights));
-  apply_prox_terms(kOp, members, k, lam, scale, shared);
-  for (int64_t i = 0; i < n; ++i)
-    if (!members[i].data.is_same(xs[i])) xs[i].copy_(members[i].data);
+    if (!tensors[i].data.is_same(xs[i])) xs[i].copy_(tensors[i].data);
 }
 
 }  // namespace

@@ -15,7 +15,7 @@ namespace {
 
 at::Tensor group_norms(const at::Tensor& x, const std::optional<at::Tensor>& group_ids,
                        int64_t num_groups) {
-  const GroupArgs g = check_group_args("group_norms", x, group_ids, num_groups);
+  const GroupLayout g = check_group_layout("group_norms", x, group_ids, num_groups);
   const PooledBuffer<double> sq = group_sq_norms(x.contiguous(), g);
   at::Tensor out = at::empty({g.num_groups}, x.options().dtype(at::kDouble));
   double* p = out.mutable_data_ptr<double>();
@@ -25,7 +25,7 @@ at::Tensor group_norms(const at::Tensor& x, const std::optional<at::Tensor>& gro
 
 at::Tensor value(const at::Tensor& x, int64_t k, const std::optional<at::Tensor>& weights,
                  const std::optional<at::Tensor>& group_ids, int64_t num_groups) {
-  GroupArgs g = check_group_args("value", x, group_ids, num_groups);
+  GroupLayout g = check_group_layout("value", x, group_ids, num_groups);
   check_k("value", k);
   attach_weights("value", g, x, weights);
   const double* d = host_weights("value", g);
@@ -37,7 +37,7 @@ at::Tensor value(const at::Tensor& x, int64_t k, const std::optional<at::Tensor>
 at::Tensor value_backward(const at::Tensor& grad, const at::Tensor& x, int64_t k,
                           const std::optional<at::Tensor>& weights,
                           const std::optional<at::Tensor>& group_ids, int64_t num_groups) {
-  GroupArgs g = check_group_args("value_backward", x, group_ids, num_groups);
+  GroupLayout g = check_group_layout("value_backward", x, group_ids, num_groups);
   check_k("value_backward", k);
   TORCH_CHECK_VALUE(grad.numel() == 1, "wgsef.value_backward: grad must have one element, got shape ",
                     grad.sizes());

@@ -33,14 +33,6 @@ constexpr int kWarps = kThreads / 32;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// One tensor of a call: contiguous data, its groups, and where its groups
-// start in the call's per-group arrays.
-struct Item {
-  at::Tensor x;
-  GroupArgs g;
-  int64_t offset = 0;
-};
-
 // ---------------------------------------------------------------- group norms
 
 struct NormEntry {
@@ -146,42 +138,42 @@ __global__ void id_sq_norms_kernel(const T* x, const int64_t* ids, int64_t n, in
   }
 }
 
-// Squared norms of items[i] into norms + items[i].offset. Group ids are checked
+// Squared norms of tensors[i] into norms + tensors[i].offset. Group ids are checked
 // on the host (a synchronisation); strided layouts never wait.
-void launch_sq_norms(const std::vector<Item>& items, double* norms) {
+void launch_sq_norms(const std::vector<GroupedTensor>& tensors, double* norms) {
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  std::vector<const Item*> strided;
-  for (const Item& it : items) {
-    if (!it.g.group_ids.defined()) {
-      strided.push_back(&it);
+  std::vector<const GroupedTensor*> strided;
+  for (const GroupedTensor& t : tensors) {
+    if (!t.layout.group_ids.defined()) {
+      strided.push_back(&t);
       continue;
     }
-    double* out = norms + it.offset;
-    C10_CUDA_CHECK(cudaMemsetAsync(out, 0, sizeof(double) * it.g.num_groups, stream));
-    if (it.x.numel() == 0) continue;
-    at::Tensor flag = at::zeros({1}, it.x.options().dtype(at::kInt));
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, it.x.scalar_type(), "id_sq_norms_cuda", [&] {
-      id_sq_norms_kernel<scalar_t><<<grid_stride_blocks(it.x.numel()), kThreads, 0, stream>>>(
-          it.x.const_data_ptr<scalar_t>(), it.g.group_ids.const_data_ptr<int64_t>(), it.x.numel(),
-          it.g.num_groups, out, flag.mutable_data_ptr<int>());
+    double* out = norms + t.offset;
+    C10_CUDA_CHECK(cudaMemsetAsync(out, 0, sizeof(double) * t.layout.num_groups, stream));
+    if (t.data.numel() == 0) continue;
+    at::Tensor flag = at::zeros({1}, t.data.options().dtype(at::kInt));
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.data.scalar_type(), "id_sq_norms_cuda", [&] {
+      id_sq_norms_kernel<scalar_t><<<grid_stride_blocks(t.data.numel()), kThreads, 0, stream>>>(
+          t.data.const_data_ptr<scalar_t>(), t.layout.group_ids.const_data_ptr<int64_t>(), t.data.numel(),
+          t.layout.num_groups, out, flag.mutable_data_ptr<int>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
-    TORCH_CHECK_VALUE(flag.item<int>() == 0, "wgsef: group_ids must lie in [0, num_groups = ", it.g.num_groups,
+    TORCH_CHECK_VALUE(flag.item<int>() == 0, "wgsef: group_ids must lie in [0, num_groups = ", t.layout.num_groups,
                       ")");
   }
   for (size_t begin = 0; begin < strided.size();) {
-    const at::ScalarType dtype = strided[begin]->x.scalar_type();
+    const at::ScalarType dtype = strided[begin]->data.scalar_type();
     NormTable table{};
     int64_t blocks = 0;
     size_t end = begin;
-    for (; end < strided.size() && table.count < kMaxEntries && strided[end]->x.scalar_type() == dtype; ++end) {
-      const Item& it = *strided[end];
-      if (it.g.num_groups == 0) continue;
-      const bool by_thread = it.g.outer * it.g.inner < 32;
-      table.e[table.count] = {it.x.const_data_ptr(), it.g.outer, it.g.num_groups, it.g.inner, norms + it.offset,
+    for (; end < strided.size() && table.count < kMaxEntries && strided[end]->data.scalar_type() == dtype; ++end) {
+      const GroupedTensor& t = *strided[end];
+      if (t.layout.num_groups == 0) continue;
+      const bool by_thread = t.layout.outer * t.layout.inner < 32;
+      table.e[table.count] = {t.data.const_data_ptr(), t.layout.outer, t.layout.num_groups, t.layout.inner, norms + t.offset,
                               by_thread};
       table.first_block[table.count++] = blocks;
-      blocks += ceil_div(it.g.num_groups, by_thread ? kThreads : kWarps);
+      blocks += ceil_div(t.layout.num_groups, by_thread ? kThreads : kWarps);
     }
     begin = end;
     if (table.count == 0) continue;
@@ -283,37 +275,37 @@ __global__ void id_scale_kernel(const T* src, T* dst, int64_t n, const int64_t* 
     dst[i] = static_cast<T>(static_cast<acc_t>(src[i]) * static_cast<acc_t>(factors[ids[i]]));
 }
 
-// dst[i] = factors[items[i].offset + group] * items[i].x, elementwise by group.
-void launch_scale(const std::vector<Item>& items, const std::vector<at::Tensor>& dst, const double* factors) {
+// dst[i] = factors[tensors[i].offset + group] * tensors[i].x, elementwise by group.
+void launch_scale(const std::vector<GroupedTensor>& tensors, const std::vector<at::Tensor>& dst, const double* factors) {
   const auto stream = c10::cuda::getCurrentCUDAStream();
   std::vector<size_t> strided;
-  for (size_t i = 0; i < items.size(); ++i) {
-    const Item& it = items[i];
-    if (it.x.numel() == 0) continue;
-    if (!it.g.group_ids.defined()) {
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const GroupedTensor& t = tensors[i];
+    if (t.data.numel() == 0) continue;
+    if (!t.layout.group_ids.defined()) {
       strided.push_back(i);
       continue;
     }
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, it.x.scalar_type(), "id_scale_cuda", [&] {
-      id_scale_kernel<scalar_t><<<grid_stride_blocks(it.x.numel()), kThreads, 0, stream>>>(
-          it.x.const_data_ptr<scalar_t>(), dst[i].mutable_data_ptr<scalar_t>(), it.x.numel(),
-          it.g.group_ids.const_data_ptr<int64_t>(), factors + it.offset);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.data.scalar_type(), "id_scale_cuda", [&] {
+      id_scale_kernel<scalar_t><<<grid_stride_blocks(t.data.numel()), kThreads, 0, stream>>>(
+          t.data.const_data_ptr<scalar_t>(), dst[i].mutable_data_ptr<scalar_t>(), t.data.numel(),
+          t.layout.group_ids.const_data_ptr<int64_t>(), factors + t.offset);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
   for (size_t begin = 0; begin < strided.size();) {
-    const at::ScalarType dtype = items[strided[begin]].x.scalar_type();
+    const at::ScalarType dtype = tensors[strided[begin]].data.scalar_type();
     ScaleTable table{};
     int64_t blocks = 0;
     size_t end = begin;
-    for (; end < strided.size() && table.count < kMaxEntries && items[strided[end]].x.scalar_type() == dtype;
+    for (; end < strided.size() && table.count < kMaxEntries && tensors[strided[end]].data.scalar_type() == dtype;
          ++end) {
-      const Item& it = items[strided[end]];
-      table.e[table.count] = {it.x.const_data_ptr(), dst[strided[end]].data_ptr(), it.x.numel(),
-                              group_index(it.x.numel(), it.g.num_groups, std::max<int64_t>(it.g.inner, 1)),
-                              factors + it.offset};
+      const GroupedTensor& t = tensors[strided[end]];
+      table.e[table.count] = {t.data.const_data_ptr(), dst[strided[end]].data_ptr(), t.data.numel(),
+                              group_index(t.data.numel(), t.layout.num_groups, std::max<int64_t>(t.layout.inner, 1)),
+                              factors + t.offset};
       table.first_block[table.count++] = blocks;
-      blocks += ceil_div(it.x.numel(), int64_t(kThreads) * kScaleUnroll * (16 / it.x.element_size()));
+      blocks += ceil_div(t.data.numel(), int64_t(kThreads) * kScaleUnroll * (16 / t.data.element_size()));
     }
     begin = end;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "scale_groups_cuda", [&] {
@@ -340,7 +332,7 @@ struct Term {
 
 struct TermTable {
   Term t[kMaxEntries];
-  Scalar scale;  // multiplies every term's lam (ProxSGD's lr)
+  Scalar lr;  // multiplies every term's lam
 };
 
 struct Add {
@@ -397,7 +389,7 @@ __global__ void __launch_bounds__(kSearchThreads)
   const double* d = term.weights;
   const bool resident = m <= int64_t(kSearchThreads) * kResident;
   double* roots = resident ? nullptr : roots_all + term.begin;
-  const double lam = kWant == Want::kProxFactors ? table.scale.get() * term.lam.get() : 0.0;
+  const double lam = kWant == Want::kProxFactors ? table.lr.get() * term.lam.get() : 0.0;
 
   double rc[kResident], rd[kResident];
   double counts[3] = {0.0, 0.0, 0.0};  // non-zero groups, NaN norms, infinite norms
@@ -566,14 +558,14 @@ __global__ void __launch_bounds__(kSearchThreads)
 // holds the squared norms of all groups; out gets per Want the factors, the
 // value per term, or the scales (out may be sq).
 template <Want kWant>
-void launch_search(const std::vector<Term>& terms, Scalar scale, const at::Tensor& sq, double* out) {
+void launch_search(const std::vector<Term>& terms, Scalar lr, const at::Tensor& sq, double* out) {
   const auto stream = c10::cuda::getCurrentCUDAStream();
   at::Tensor roots;  // the c_i of terms too large for registers
   for (const Term& t : terms)
     if (t.count > int64_t(kSearchThreads) * kResident && !roots.defined()) roots = at::empty_like(sq);
   for (size_t begin = 0; begin < terms.size(); begin += kMaxEntries) {
     TermTable table{};
-    table.scale = scale;
+    table.lr = lr;
     const size_t count = std::min<size_t>(kMaxEntries, terms.size() - begin);
     for (size_t i = 0; i < count; ++i) table.t[i] = terms[begin + i];
     search_kernel<kWant><<<static_cast<unsigned>(count), kSearchThreads, 0, stream>>>(
@@ -588,57 +580,44 @@ void launch_search(const std::vector<Term>& terms, Scalar scale, const at::Tenso
 at::TensorOptions doubles_on(const at::Tensor& x) { return x.options().dtype(at::kDouble); }
 
 // Validates weights on the host (a synchronisation): single-tensor ops only.
-void check_weights_values(const char* op, const GroupArgs& g) {
+void check_weights_values(const char* op, const GroupLayout& g) {
   if (!g.weights.defined()) return;
   const at::Tensor host = g.weights.cpu();
   check_host_weights(op, host.const_data_ptr<double>(), g.num_groups);
 }
 
-// The strided layout (outer, groups, inner) of xs[i], without making a view.
-GroupArgs layout_args(const char* op, const at::Tensor& x, int64_t i, at::IntArrayRef layout) {
-  check_floating_x(op, x);
-  GroupArgs g;
-  g.outer = layout[3 * i];
-  g.num_groups = layout[3 * i + 1];
-  g.inner = layout[3 * i + 2];
-  TORCH_CHECK_VALUE(g.outer >= 0 && g.num_groups >= 0 && g.inner >= 0 && g.outer * g.num_groups * g.inner == x.numel(),
-                    "wgsef.", op, ": layout entry ", i, " (", g.outer, ", ", g.num_groups, ", ", g.inner,
-                    ") does not match xs[", i, "] of ", x.numel(), " elements");
-  return g;
+GroupedTensor single_tensor(const char* op, const at::Tensor& x, const std::optional<at::Tensor>& group_ids,
+                            int64_t num_groups, const std::optional<at::Tensor>& weights) {
+  GroupedTensor t{x.contiguous(), check_group_layout(op, x, group_ids, num_groups), 0};
+  attach_weights(op, t.layout, x, weights);
+  return t;
 }
 
-Item single_item(const char* op, const at::Tensor& x, const std::optional<at::Tensor>& group_ids,
-                 int64_t num_groups, const std::optional<at::Tensor>& weights) {
-  Item it{x.contiguous(), check_group_args(op, x, group_ids, num_groups), 0};
-  attach_weights(op, it.g, x, weights);
-  return it;
+Term single_term(const GroupedTensor& t, int64_t k, Scalar lam) {
+  return {0, t.layout.num_groups, k, t.layout.weights.defined() ? t.layout.weights.const_data_ptr<double>() : nullptr, lam};
 }
 
-Term single_term(const Item& it, int64_t k, Scalar lam) {
-  return {0, it.g.num_groups, k, it.g.weights.defined() ? it.g.weights.const_data_ptr<double>() : nullptr, lam};
-}
-
-at::Tensor sq_norms(const Item& it) {
-  at::Tensor out = at::empty({it.g.num_groups}, doubles_on(it.x));
-  launch_sq_norms({it}, out.mutable_data_ptr<double>());
+at::Tensor sq_norms(const GroupedTensor& t) {
+  at::Tensor out = at::empty({t.layout.num_groups}, doubles_on(t.data));
+  launch_sq_norms({t}, out.mutable_data_ptr<double>());
   return out;
 }
 
 at::Tensor group_norms(const at::Tensor& x, const std::optional<at::Tensor>& group_ids, int64_t num_groups) {
   const c10::cuda::CUDAGuard guard(x.device());
-  const Item it = single_item("group_norms", x, group_ids, num_groups, std::nullopt);
-  return at::sqrt(sq_norms(it)).to(c10::promoteTypes(x.scalar_type(), at::kFloat));
+  const GroupedTensor t = single_tensor("group_norms", x, group_ids, num_groups, std::nullopt);
+  return at::sqrt(sq_norms(t)).to(c10::promoteTypes(x.scalar_type(), at::kFloat));
 }
 
 at::Tensor value(const at::Tensor& x, int64_t k, const std::optional<at::Tensor>& weights,
                  const std::optional<at::Tensor>& group_ids, int64_t num_groups) {
   const c10::cuda::CUDAGuard guard(x.device());
-  const Item it = single_item("value", x, group_ids, num_groups, weights);
+  const GroupedTensor t = single_tensor("value", x, group_ids, num_groups, weights);
   check_k("value", k);
-  check_weights_values("value", it.g);
-  at::Tensor sq = sq_norms(it);
+  check_weights_values("value", t.layout);
+  at::Tensor sq = sq_norms(t);
   at::Tensor out = at::empty({1}, doubles_on(x));
-  launch_search<Want::kValue>({single_term(it, k, {})}, {}, sq, out.mutable_data_ptr<double>());
+  launch_search<Want::kValue>({single_term(t, k, {})}, {}, sq, out.mutable_data_ptr<double>());
   return out.reshape({}).to(x.scalar_type());
 }
 
@@ -646,44 +625,44 @@ at::Tensor value_backward(const at::Tensor& grad, const at::Tensor& x, int64_t k
                           const std::optional<at::Tensor>& weights, const std::optional<at::Tensor>& group_ids,
                           int64_t num_groups) {
   const c10::cuda::CUDAGuard guard(x.device());
-  const Item it = single_item("value_backward", x, group_ids, num_groups, weights);
+  const GroupedTensor t = single_tensor("value_backward", x, group_ids, num_groups, weights);
   check_k("value_backward", k);
-  at::Tensor scales = sq_norms(it);
-  launch_search<Want::kGradScales>({single_term(it, k, {})}, {}, scales, scales.mutable_data_ptr<double>());
+  at::Tensor scales = sq_norms(t);
+  launch_search<Want::kGradScales>({single_term(t, k, {})}, {}, scales, scales.mutable_data_ptr<double>());
   scales.mul_(grad.to(at::kDouble).reshape({}));
-  at::Tensor out = at::empty_like(it.x);
-  launch_scale({it}, {out}, scales.const_data_ptr<double>());
+  at::Tensor out = at::empty_like(t.data);
+  launch_scale({t}, {out}, scales.const_data_ptr<double>());
   return out;
 }
 
-// prox of it.x into dst (which may be it.x).
-void prox_into(const char* op, const Item& it, const at::Tensor& dst, int64_t k, const at::Tensor& lam) {
+// prox of t.data into dst (which may be t.data).
+void prox_into(const char* op, const GroupedTensor& t, const at::Tensor& dst, int64_t k, const at::Tensor& lam) {
   check_k(op, k);
-  check_lam_tensor(op, lam);
-  check_weights_values(op, it.g);
+  check_scalar_tensor(op, "lam", lam);
+  check_weights_values(op, t.layout);
   check_lam_value(op, lam.item<double>());
-  const ScalarArray lams(op, "lam", lam, it.x.device());
-  at::Tensor factors = sq_norms(it);
+  const ScalarArray lams(op, "lam", lam, t.data.device());
+  at::Tensor factors = sq_norms(t);
   double* f = factors.mutable_data_ptr<double>();
-  launch_search<Want::kProxFactors>({single_term(it, k, lams[0])}, Scalar{nullptr, 1.0}, factors, f);
-  launch_scale({it}, {dst}, f);
+  launch_search<Want::kProxFactors>({single_term(t, k, lams[0])}, Scalar{nullptr, 1.0}, factors, f);
+  launch_scale({t}, {dst}, f);
 }
 
 at::Tensor prox(const at::Tensor& x, int64_t k, const at::Tensor& lam, const std::optional<at::Tensor>& weights,
                 const std::optional<at::Tensor>& group_ids, int64_t num_groups) {
   const c10::cuda::CUDAGuard guard(x.device());
-  const Item it = single_item("prox", x, group_ids, num_groups, weights);
-  at::Tensor out = at::empty_like(it.x);
-  prox_into("prox", it, out, k, lam);
+  const GroupedTensor t = single_tensor("prox", x, group_ids, num_groups, weights);
+  at::Tensor out = at::empty_like(t.data);
+  prox_into("prox", t, out, k, lam);
   return out;
 }
 
 void prox_(at::Tensor& x, int64_t k, const at::Tensor& lam, const std::optional<at::Tensor>& weights,
            const std::optional<at::Tensor>& group_ids, int64_t num_groups) {
   const c10::cuda::CUDAGuard guard(x.device());
-  const Item it = single_item("prox_", x, group_ids, num_groups, weights);
-  prox_into("prox_", it, it.x, k, lam);
-  if (!it.x.is_same(x)) x.copy_(it.x);
+  const GroupedTensor t = single_tensor("prox_", x, group_ids, num_groups, weights);
+  prox_into("prox_", t, t.data, k, lam);
+  if (!t.data.is_same(x)) x.copy_(t.data);
 }
 
 // The optimizer's call: no host synchronisation on strided layouts (values were
@@ -691,55 +670,49 @@ void prox_(at::Tensor& x, int64_t k, const at::Tensor& lam, const std::optional<
 // graph.
 void prox_multi_(at::TensorList xs, at::IntArrayRef layout, const c10::List<std::optional<at::Tensor>>& group_ids,
                  const c10::List<std::optional<at::Tensor>>& weights, at::IntArrayRef k, const at::Tensor& lam,
-                 const at::Tensor& scale_by, bool shared) {
+                 const at::Tensor& lr, bool shared) {
   const char* op = "prox_multi_";
   const int64_t n = static_cast<int64_t>(xs.size());
-  check_term_lists(op, n, layout, group_ids, weights, k, lam, scale_by, shared);
+  check_term_lists(op, n, layout, group_ids, weights, k, lam, lr, shared);
   if (n == 0) return;
   const c10::Device device = xs[0].device();
   const c10::cuda::CUDAGuard guard(device);
-  std::vector<Item> items;
-  std::vector<at::Tensor> data;
+  std::vector<GroupedTensor> tensors;
+  std::vector<at::Tensor> data;  // the outputs: tensors[i].data, scaled in place
   int64_t total = 0;
   for (int64_t i = 0; i < n; ++i) {
     TORCH_CHECK_VALUE(xs[i].device() == device, "wgsef.", op, ": every tensor must be on ", device,
                       ", got xs[", i, "] on ", xs[i].device());
-    const at::Tensor xc = xs[i].contiguous();
-    const std::optional<at::Tensor> ids =
-        group_ids.empty() ? std::nullopt : static_cast<std::optional<at::Tensor>>(group_ids.get(i));
-    Item it{xc, ids.has_value() ? check_group_args(op, xc, ids, layout[3 * i + 1]) : layout_args(op, xc, i, layout),
-            total};
-    if (!weights.empty()) attach_weights(op, it.g, xc, weights.get(i));
-    total += it.g.num_groups;
-    items.push_back(std::move(it));
-    data.push_back(xc);
+    tensors.push_back(check_grouped_tensor(op, xs[i], i, layout, group_ids, weights, total));
+    total += tensors.back().layout.num_groups;
+    data.push_back(tensors.back().data);
   }
   at::Tensor factors = at::empty({total}, doubles_on(xs[0]));
   double* f = factors.mutable_data_ptr<double>();
-  launch_sq_norms(items, f);
-  const ScalarArray lams(op, "lam", lam, device), scales(op, "scale", scale_by, device);
+  launch_sq_norms(tensors, f);
+  const ScalarArray lams(op, "lam", lam, device), lrs(op, "lr", lr, device);
   std::vector<Term> terms;
   at::Tensor all_weights;
   if (shared) {
     bool weighted = false;
-    for (const Item& it : items) weighted = weighted || it.g.weights.defined();
+    for (const GroupedTensor& t : tensors) weighted = weighted || t.layout.weights.defined();
     if (weighted) {
       std::vector<at::Tensor> ds;
-      for (const Item& it : items)
-        ds.push_back(it.g.weights.defined() ? it.g.weights : at::ones({it.g.num_groups}, doubles_on(xs[0])));
+      for (const GroupedTensor& t : tensors)
+        ds.push_back(t.layout.weights.defined() ? t.layout.weights : at::ones({t.layout.num_groups}, doubles_on(xs[0])));
       all_weights = at::cat(ds);
     }
     terms.push_back({0, total, k[0], weighted ? all_weights.const_data_ptr<double>() : nullptr, lams[0]});
   } else {
     for (int64_t i = 0; i < n; ++i) {
-      const Item& it = items[i];
-      if (it.g.num_groups == 0) continue;
-      terms.push_back({it.offset, it.g.num_groups, k[i],
-                       it.g.weights.defined() ? it.g.weights.const_data_ptr<double>() : nullptr, lams[i]});
+      const GroupedTensor& t = tensors[i];
+      if (t.layout.num_groups == 0) continue;
+      terms.push_back({t.offset, t.layout.num_groups, k[i],
+                       t.layout.weights.defined() ? t.layout.weights.const_data_ptr<double>() : nullptr, lams[i]});
     }
   }
-  launch_search<Want::kProxFactors>(terms, scales[0], factors, f);
-  launch_scale(items, data, f);
+  launch_search<Want::kProxFactors>(terms, lrs[0], factors, f);
+  launch_scale(tensors, data, f);
   for (int64_t i = 0; i < n; ++i)
     if (!data[i].is_same(xs[i])) xs[i].copy_(data[i]);
 }

@@ -60,8 +60,20 @@ def layers(argv: list[str] | None = None) -> None:
     )
 
 
+COMMANDS = {
+    "demo": "train to k-level structured sparsity and N:M sparsity, compact and measure (default)",
+    "layers": "one WGSEF prox step per ResNet-50 layer, groups kept per prox strength",
+}
+
+
 def cli(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("-h", "--help"):
+        print("usage: wgsef [demo|layers] [options]\n\ncommands:")
+        for name, text in COMMANDS.items():
+            print(f"  {name:<8}{text}")
+        print("\n`wgsef COMMAND --help` lists a command's options; without a command, wgsef runs demo.")
+        return
     command = argv[0] if argv and not argv[0].startswith("-") else "demo"
     rest = argv[1:] if argv and not argv[0].startswith("-") else argv
     if command == "layers":
@@ -71,7 +83,7 @@ def cli(argv: list[str] | None = None) -> None:
 
         demo(rest)
     else:
-        raise SystemExit(f"wgsef: unknown command {command!r}; expected demo or layers")
+        raise SystemExit(f"wgsef: unknown command {command!r}; expected one of {', '.join(COMMANDS)}")
 
 
 if __name__ == "__main__":

@@ -251,7 +251,7 @@ def run_nm(args, data) -> dict[str, Any]:
     return results
 
 
-def print_report(res: dict[str, Any], keep: float) -> None:
+def print_report(res: dict[str, Any]) -> None:
     if "structured" in res:
         s = res["structured"]
         print("\nStructured sparsity (test accuracy, groups kept per regularized layer)")
@@ -338,7 +338,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.only in (None, "nm"):
         res["nm"] = run_nm(args, data)
     res["seconds"] = time.perf_counter() - start
-    print_report(res, args.keep)
+    print_report(res)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(res, indent=2))

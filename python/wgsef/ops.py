@@ -57,7 +57,7 @@ def _prox_inplace_fake(x, k, lam, weights=None, group_ids=None, num_groups=-1):
 
 
 @torch.library.register_fake("wgsef::prox_multi_")
-def _prox_multi_fake(xs, layout, group_ids, weights, k, lam, scale, shared=False):
+def _prox_multi_fake(xs, layout, group_ids, weights, k, lam, lr, shared=False):
     return None
 
 

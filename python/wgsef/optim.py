@@ -57,8 +57,9 @@ def _resolve_k(k: int | float, num_groups: int, where: str) -> int:
     return k
 
 
-class _Plan:
-    """The arguments of ``prox_multi_`` for one param group's tensors."""
+class _ProxTerms:
+    """The WGSEF terms of one param group: each tensor's group layout and weights,
+    and the budgets, as ``prox_multi_`` takes them."""
 
     def __init__(self, group: dict[str, Any]):
         params: list[Tensor] = group["params"]
@@ -223,21 +224,21 @@ class ProxSGD(Optimizer):
             nesterov=nesterov, maximize=maximize, foreach=foreach, fused=fused, differentiable=False,
             lam=lam, k=k, groups=groups, weights=weights, shared_k=shared_k, capturable=capturable,
         )
-        self._plans: dict[int, tuple[tuple, _Plan]] = {}
+        self._terms_by_group: dict[int, tuple[tuple, _ProxTerms]] = {}
         self._device_scalars: dict[tuple[int, str], tuple[Any, Tensor]] = {}
         super().__init__(params, defaults)
 
-    def _plan(self, group: dict[str, Any]) -> _Plan:
+    def _prox_terms(self, group: dict[str, Any]) -> _ProxTerms:
         """The group's prox arguments, rebuilt only when its options or params change."""
         k = group["k"]
         key = (
             tuple(id(p) for p in group["params"]), id(group["groups"]), id(group["weights"]),
             tuple(k) if isinstance(k, (list, tuple)) else k, group["shared_k"],
         )
-        cached = self._plans.get(id(group))
+        cached = self._terms_by_group.get(id(group))
         if cached is None or cached[0] != key:
-            cached = (key, _Plan(group))
-            self._plans[id(group)] = cached
+            cached = (key, _ProxTerms(group))
+            self._terms_by_group[id(group)] = cached
         return cached[1]
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -245,7 +246,7 @@ class ProxSGD(Optimizer):
         try:
             self._validate(self.param_groups[-1])
         except (ValueError, TypeError):
-            self._plans.pop(id(self.param_groups.pop()), None)
+            self._terms_by_group.pop(id(self.param_groups.pop()), None)
             raise
 
     def _validate(self, group: dict[str, Any]) -> None:
@@ -268,11 +269,11 @@ class ProxSGD(Optimizer):
         if group["capturable"] and len({p.device for p in group["params"]}) > 1:
             raise ValueError("capturable: the params of a param group must share one device")
         if group["k"] is not None:
-            self._plan(group)  # raises on groups, weights or k that do not fit the parameters
+            self._prox_terms(group)  # raises on groups, weights or k that do not fit the parameters
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        self._plans = {}
+        self._terms_by_group = {}
         self._device_scalars = {}
         for group in self.param_groups:
             for key, default in self.defaults.items():
@@ -344,10 +345,10 @@ class ProxSGD(Optimizer):
         """The prox on the group's params; per-tensor terms skip params without a
         gradient this step, a shared term always covers all of them."""
         params = group["params"]
-        plan = self._plan(group)
+        terms = self._prox_terms(group)
         if "support_mask" in self.state[params[0]]:
             views, scales = [], []
-            for p, (outer, m, inner), ids in zip(params, plan.layouts, plan.group_ids):
+            for p, (outer, m, inner), ids in zip(params, terms.layouts, terms.group_ids):
                 mask = self.state[p]["support_mask"].to(p.dtype)
                 if ids is None:
                     views.append(p.view(outer, m, inner))
@@ -357,12 +358,12 @@ class ProxSGD(Optimizer):
             if views:
                 torch._foreach_mul_(views, scales)
             return
-        take = [True] * len(params) if plan.shared else with_grad
+        take = [True] * len(params) if terms.shared else with_grad
         chosen = [i for i, t in enumerate(take) if t]
         capturable = group["capturable"]
         device = params[0].device
         lam = self._on_device(group, "lam", device) if capturable else _as_tensor(group["lam"])
-        if lam.numel() > 1 and not plan.shared and len(chosen) < len(params):
+        if lam.numel() > 1 and not terms.shared and len(chosen) < len(params):
             if capturable:  # an index tensor already on the device: no copy in the step
                 key = (id(group), f"lam_index{tuple(chosen)}")
                 if key not in self._device_scalars:
@@ -370,17 +371,17 @@ class ProxSGD(Optimizer):
                 lam = lam.index_select(0, self._device_scalars[key][1])
             else:
                 lam = lam[chosen]
-        ids = [plan.group_ids[i] for i in chosen]
-        weights = [plan.weights[i] for i in chosen]
+        ids = [terms.group_ids[i] for i in chosen]
+        weights = [terms.weights[i] for i in chosen]
         ops.prox_multi_(
             [params[i] for i in chosen],
-            [v for i in chosen for v in plan.layouts[i]],
+            [v for i in chosen for v in terms.layouts[i]],
             ids if any(t is not None for t in ids) else [],
             weights if any(w is not None for w in weights) else [],
-            plan.k if plan.shared else [plan.k[i] for i in chosen],
+            terms.k if terms.shared else [terms.k[i] for i in chosen],
             lam,
             self._on_device(group, "lr", device) if capturable else _as_tensor(group["lr"]),
-            plan.shared,
+            terms.shared,
         )
 
     @torch.no_grad()
@@ -394,27 +395,27 @@ class ProxSGD(Optimizer):
         for group in self.param_groups:
             if group["k"] is None:
                 continue
-            plan = self._plan(group)
+            terms = self._prox_terms(group)
             params = group["params"]
             scores = []
-            for p, layout, ids, w in zip(params, plan.layouts, plan.group_ids, plan.weights):
+            for p, layout, ids, w in zip(params, terms.layouts, terms.group_ids, terms.weights):
                 if ids is None:
                     norms = ops.group_norms(p.reshape(layout))
                 else:
                     norms = ops.group_norms(p, ids, layout[1])
                 norms = norms.double()
                 scores.append(norms if w is None else norms / w.to(norms).sqrt())
-            units = [torch.cat(scores)] if plan.shared else scores
+            units = [torch.cat(scores)] if terms.shared else scores
             masks = []
-            for score, k in zip(units, plan.k):
+            for score, k in zip(units, terms.k):
                 # stable descending sort: equal scores keep index order
                 order = torch.sort(-score, stable=True).indices
                 mask = torch.zeros_like(score, dtype=torch.bool)
                 mask[order[:k]] = True
                 mask &= score > 0
                 masks.append(mask)
-            if plan.shared:
-                masks = list(torch.split(masks[0], plan.num_groups))
+            if terms.shared:
+                masks = list(torch.split(masks[0], terms.num_groups))
             for p, mask in zip(params, masks):
                 self.state[p]["support_mask"] = mask
         for group in self.param_groups:

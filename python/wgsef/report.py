@@ -70,15 +70,15 @@ def sparsity_report(source, groups: GroupSpec = "filters") -> SparsityReport:
         for group in source.param_groups:
             if group["k"] is None:
                 continue
-            plan = source._plan(group)
+            terms = source._prox_terms(group)
             for i, p in enumerate(group["params"]):
-                k = plan.k[0] if plan.shared else plan.k[i]
-                if plan.group_ids[i] is not None:
-                    report.append(_row(plan.names[i], p, plan.group_ids[i], k))
+                k = terms.k[0] if terms.shared else terms.k[i]
+                if terms.group_ids[i] is not None:
+                    report.append(_row(terms.names[i], p, terms.group_ids[i], k))
                 else:
                     # the (outer, groups, inner) view groups by its middle dim, like "channels"
-                    view = p.detach().reshape(plan.layouts[i])
-                    report.append(_row(plan.names[i], view, "channels", k, tuple(p.shape)))
+                    view = p.detach().reshape(terms.layouts[i])
+                    report.append(_row(terms.names[i], view, "channels", k, tuple(p.shape)))
         return report
     if isinstance(source, nn.Module):
         for name, module in source.named_modules():
