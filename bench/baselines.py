@@ -76,8 +76,9 @@ def nm_mask_topk(w: torch.Tensor, n: int, m: int) -> torch.Tensor:
     return torch.zeros_like(groups, dtype=torch.bool).scatter_(1, index, True).view_as(w)
 
 
-_PATTERNS_2_4 = torch.tensor([[1, 1, 0, 0], [1, 0, 1, 0], [1, 0, 0, 1], [0, 1, 1, 0], [0, 1, 0, 1],
-                              [0, 0, 1, 1]], dtype=torch.float32)
+_PATTERNS_2_4 = torch.tensor(
+    [[1, 1, 0, 0], [1, 0, 1, 0], [1, 0, 0, 1], [0, 1, 1, 0], [0, 1, 0, 1], [0, 0, 1, 1]], dtype=torch.float32
+)
 
 
 def nm_mask_2_4_patterns(w: torch.Tensor) -> torch.Tensor:

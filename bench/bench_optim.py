@@ -40,13 +40,17 @@ def main() -> None:
 
     cases = {
         "torch.optim.SGD(momentum=0.9, foreach=True)": lambda ps: torch.optim.SGD(
-            ps, lr=0.01, momentum=0.9, foreach=True),
+            ps, lr=0.01, momentum=0.9, foreach=True
+        ),
         "torch.optim.SGD(momentum=0.9, foreach=False)": lambda ps: torch.optim.SGD(
-            ps, lr=0.01, momentum=0.9, foreach=False),
+            ps, lr=0.01, momentum=0.9, foreach=False
+        ),
         "wgsef.ProxSGD(momentum=0.9, foreach=True, k=0.5, lam=1e-4)": lambda ps: wgsef.ProxSGD(
-            ps, lr=0.01, momentum=0.9, foreach=True, k=0.5, lam=1e-4),
+            ps, lr=0.01, momentum=0.9, foreach=True, k=0.5, lam=1e-4
+        ),
         "wgsef.ProxSGD(momentum=0.9, k=0.5, lam=1e-4) [default foreach]": lambda ps: wgsef.ProxSGD(
-            ps, lr=0.01, momentum=0.9, k=0.5, lam=1e-4),
+            ps, lr=0.01, momentum=0.9, k=0.5, lam=1e-4
+        ),
     }
     # the cases are timed in interleaved rounds, so that a slow spell of this
     # noisy machine hits all of them alike; each figure is the median over rounds
@@ -75,8 +79,10 @@ def main() -> None:
     meta = header()
     meta["workload"] = f"ResNet-50 conv weights, 53 tensors, {n_params} float32 params, filter groups"
     table = ["| optimizer | median ms | p20 ms | p80 ms | / SGD |", "|---|---|---|---|---|"]
-    table += [f"| {r['optimizer']} | {r['median_ms']:.2f} | {r['p20_ms']:.2f} | {r['p80_ms']:.2f} | "
-              f"{r['ratio_to_sgd']:.2f} |" for r in rows]
+    table += [
+        f"| {r['optimizer']} | {r['median_ms']:.2f} | {r['p20_ms']:.2f} | {r['p80_ms']:.2f} | {r['ratio_to_sgd']:.2f} |"
+        for r in rows
+    ]
     write_results(args.out, "optim_cpu", meta, rows, table)
 
 

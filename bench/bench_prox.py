@@ -17,6 +17,7 @@ from common import header, timed, write_results
 
 import wgsef
 
+
 def cases(x: torch.Tensor, k: int) -> dict:
     lam = torch.tensor(1e-3)
     return {
@@ -47,18 +48,29 @@ def main() -> None:
         k = max(1, m // 4)
         result = {name: timed(fn, min_run) for name, fn in cases(x, k).items()}
         for name, (median, iqr) in result.items():
-            rows.append({
-                "sweep": sweep, "x_value": x_value, "shape": "x".join(map(str, shape)),
-                "groups": m, "op": name, "median_ms": median * 1e3, "iqr_ms": iqr * 1e3,
-                "ns_per_element": median * 1e9 / n,
-                "ratio_to_clone": median / result["clone"][0],
-                "ratio_to_mul_": median / result["mul_"][0],
-            })
-        print(f"{sweep:>8} {x_value:>9} shape={shape}: " + ", ".join(
-            f"{name} {med * 1e9 / n:.2f} ns/el" for name, (med, _) in result.items()))
+            rows.append(
+                {
+                    "sweep": sweep,
+                    "x_value": x_value,
+                    "shape": "x".join(map(str, shape)),
+                    "groups": m,
+                    "op": name,
+                    "median_ms": median * 1e3,
+                    "iqr_ms": iqr * 1e3,
+                    "ns_per_element": median * 1e9 / n,
+                    "ratio_to_clone": median / result["clone"][0],
+                    "ratio_to_mul_": median / result["mul_"][0],
+                }
+            )
+        print(
+            f"{sweep:>8} {x_value:>9} shape={shape}: "
+            + ", ".join(f"{name} {med * 1e9 / n:.2f} ns/el" for name, (med, _) in result.items())
+        )
 
-    table = ["| sweep | n | groups | op | median ms | IQR ms | ns/element | / clone | / mul_ |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    table = [
+        "| sweep | n | groups | op | median ms | IQR ms | ns/element | / clone | / mul_ |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     table += [
         f"| {r['sweep']} | {r['shape']} | {r['groups']} | {r['op']} | {r['median_ms']:.3f} | "
         f"{r['iqr_ms']:.3f} | {r['ns_per_element']:.2f} | {r['ratio_to_clone']:.2f} | "

@@ -22,7 +22,8 @@ def timed(fn, min_run: float, device: torch.device | None = None) -> tuple[float
     calls (each block ~1 ms or one call), at least 10 blocks and min_run seconds."""
     if device is None or device.type != "cuda":
         m = Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()).blocked_autorange(
-            min_run_time=min_run)
+            min_run_time=min_run
+        )
         return m.median, m.iqr
     torch.cuda.synchronize()
     begin = time.perf_counter()
@@ -63,8 +64,7 @@ def header() -> dict[str, str]:
     }
 
 
-def write_results(out: str | Path, name: str, meta: dict[str, str], rows: list[dict],
-                  table: list[str]) -> None:
+def write_results(out: str | Path, name: str, meta: dict[str, str], rows: list[dict], table: list[str]) -> None:
     """Writes <out>/<name>.csv (header lines, then the rows) and <name>.md (header, table)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

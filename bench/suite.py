@@ -50,16 +50,27 @@ class Suite:
     def __init__(self, device: torch.device, min_run: float):
         self.device, self.min_run, self.rows = device, min_run, []
 
-    def case(self, group: str, workload: str, op: str, elements: int,
-             impls: dict[str, Callable[[], object]], **extra) -> dict[str, float]:
+    def case(
+        self, group: str, workload: str, op: str, elements: int, impls: dict[str, Callable[[], object]], **extra
+    ) -> dict[str, float]:
         times = {}
         for impl, fn in impls.items():
             fn()  # warm up (and build any cached state)
             median, iqr = timed(fn, self.min_run, self.device)
             times[impl] = median
-            self.rows.append({"group": group, "workload": workload, "op": op, "impl": impl,
-                              "elements": elements, "median_ms": median * 1e3, "iqr_ms": iqr * 1e3,
-                              "ns_per_element": median * 1e9 / max(elements, 1), **extra})
+            self.rows.append(
+                {
+                    "group": group,
+                    "workload": workload,
+                    "op": op,
+                    "impl": impl,
+                    "elements": elements,
+                    "median_ms": median * 1e3,
+                    "iqr_ms": iqr * 1e3,
+                    "ns_per_element": median * 1e9 / max(elements, 1),
+                    **extra,
+                }
+            )
         shown = ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in times.items())
         print(f"{group:>9} {workload:<22} {op:<14} {shown}")
         return times
@@ -72,15 +83,35 @@ def single_tensor_cases(s: Suite, group: str, workload: str, x: torch.Tensor, k:
     n = x.numel()
     assert torch.allclose(wgsef.prox(x, k, LAM), torch_ops.prox(x, k, LAM), rtol=1e-4, atol=1e-6)
     y, z = x.clone(), x.clone()
-    s.case(group, workload, "value", n, {
-        "wgsef": lambda: wgsef.value(x, k), "pytorch": lambda: torch_ops.value(x, k),
-        "mul_": lambda: y.mul_(1.0)})
-    s.case(group, workload, "prox", n, {
-        "wgsef": lambda: wgsef.prox(x, k, LAM), "pytorch": lambda: torch_ops.prox(x, k, LAM),
-        "clone": lambda: x.clone()})
-    s.case(group, workload, "prox_", n, {
-        "wgsef": lambda: wgsef.prox_(y, k, LAM), "pytorch": lambda: torch_ops.prox_(z, k, LAM),
-        "mul_": lambda: y.mul_(1.0)})
+    s.case(
+        group,
+        workload,
+        "value",
+        n,
+        {"wgsef": lambda: wgsef.value(x, k), "pytorch": lambda: torch_ops.value(x, k), "mul_": lambda: y.mul_(1.0)},
+    )
+    s.case(
+        group,
+        workload,
+        "prox",
+        n,
+        {
+            "wgsef": lambda: wgsef.prox(x, k, LAM),
+            "pytorch": lambda: torch_ops.prox(x, k, LAM),
+            "clone": lambda: x.clone(),
+        },
+    )
+    s.case(
+        group,
+        workload,
+        "prox_",
+        n,
+        {
+            "wgsef": lambda: wgsef.prox_(y, k, LAM),
+            "pytorch": lambda: torch_ops.prox_(z, k, LAM),
+            "mul_": lambda: y.mul_(1.0),
+        },
+    )
 
 
 def model_cases(s: Suite, name: str) -> None:
@@ -102,14 +133,30 @@ def model_cases(s: Suite, name: str) -> None:
         for p, k in zip(ps, ks):
             torch_ops.prox_(p, k, LAM)
 
-    s.case("model", name, "prox_multi_", n, {
-        "wgsef": lambda: wgsef.ops.prox_multi_(ps, layout, [], [], ks, lam, one, False),
-        "pytorch": pytorch_loop, "mul_": lambda: torch._foreach_mul_(ps, 1.0)},
-        tensors=len(ps))
+    s.case(
+        "model",
+        name,
+        "prox_multi_",
+        n,
+        {
+            "wgsef": lambda: wgsef.ops.prox_multi_(ps, layout, [], [], ks, lam, one, False),
+            "pytorch": pytorch_loop,
+            "mul_": lambda: torch._foreach_mul_(ps, 1.0),
+        },
+        tensors=len(ps),
+    )
     total_k = sum(ks)
-    s.case("model", name, "prox_multi_ global k", n, {
-        "wgsef": lambda: wgsef.ops.prox_multi_(ps, layout, [], [], [total_k], lam, one, True),
-        "mul_": lambda: torch._foreach_mul_(ps, 1.0)}, tensors=len(ps))
+    s.case(
+        "model",
+        name,
+        "prox_multi_ global k",
+        n,
+        {
+            "wgsef": lambda: wgsef.ops.prox_multi_(ps, layout, [], [], [total_k], lam, one, True),
+            "mul_": lambda: torch._foreach_mul_(ps, 1.0),
+        },
+        tensors=len(ps),
+    )
 
 
 def optimizer_cases(s: Suite, name: str) -> None:
@@ -133,13 +180,25 @@ def optimizer_cases(s: Suite, name: str) -> None:
         with AllocatedBytes() as rec:
             opt.step()
         memory[label] = rec.total
-    s.case("optimizer", f"{name} convs", "step", n, {"wgsef": prox.step, "sgd": sgd.step},
-           allocated_bytes_wgsef=memory["wgsef"], allocated_bytes_sgd=memory["sgd"])
+    s.case(
+        "optimizer",
+        f"{name} convs",
+        "step",
+        n,
+        {"wgsef": prox.step, "sgd": sgd.step},
+        allocated_bytes_wgsef=memory["wgsef"],
+        allocated_bytes_sgd=memory["sgd"],
+    )
     # torch's fused SGD kernel for the update, against fused and foreach SGD
     sgd_fused = torch.optim.SGD(params(), lr=0.01, momentum=0.9, fused=True)
     prox_fused = wgsef.ProxSGD(params(), lr=0.01, momentum=0.9, fused=True, k=0.5, lam=0.1)
-    s.case("optimizer", f"{name} convs", "step fused", n,
-           {"wgsef": prox_fused.step, "sgd": sgd_fused.step, "sgd foreach": sgd.step})
+    s.case(
+        "optimizer",
+        f"{name} convs",
+        "step fused",
+        n,
+        {"wgsef": prox_fused.step, "sgd": sgd_fused.step, "sgd foreach": sgd.step},
+    )
 
 
 def nm_cases(s: Suite, shape: tuple[int, int]) -> None:
@@ -148,19 +207,27 @@ def nm_cases(s: Suite, shape: tuple[int, int]) -> None:
     label = "x".join(map(str, shape))
     zero = torch.tensor(0.0)
     for pattern in ((2, 4), (1, 8), (1, 32), (16, 512)):
-        impls = {"wgsef": lambda p=pattern: wgsef.nm_mask(w, *p),
-                 "pytorch": lambda p=pattern: torch_ops.nm_mask_topk(w, *p)}
+        impls = {
+            "wgsef": lambda p=pattern: wgsef.nm_mask(w, *p),
+            "pytorch": lambda p=pattern: torch_ops.nm_mask_topk(w, *p),
+        }
         if pattern == (2, 4):
             impls["apex-style"] = lambda: torch_ops.nm_mask_2_4_patterns(w)
         s.case("nm", label, f"nm_mask {pattern[0]}:{pattern[1]}", n, impls)
     wg = w.clone().requires_grad_(True)
     grad = torch.randn_like(w)
     half = torch.tensor(0.5)
-    s.case("nm", label, "nm_decay 2:4", n, {
-        "wgsef": lambda: wgsef.nm_decay(w, 2, 4, zero), "clone": lambda: w.clone()})
-    s.case("nm", label, "nm_decay fwd+bwd", n, {
-        "wgsef": lambda: wgsef.nm_decay(wg, 2, 4, half, grad_mode="scaled").backward(grad),
-        "pytorch": lambda: torch_ops.nm_decay(wg, 2, 4, half).backward(grad)})
+    s.case("nm", label, "nm_decay 2:4", n, {"wgsef": lambda: wgsef.nm_decay(w, 2, 4, zero), "clone": lambda: w.clone()})
+    s.case(
+        "nm",
+        label,
+        "nm_decay fwd+bwd",
+        n,
+        {
+            "wgsef": lambda: wgsef.nm_decay(wg, 2, 4, half, grad_mode="scaled").backward(grad),
+            "pytorch": lambda: torch_ops.nm_decay(wg, 2, 4, half).backward(grad),
+        },
+    )
 
 
 def adversarial_norms(groups: int, size: int, kind: str, device) -> torch.Tensor:
@@ -176,8 +243,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a subset that finishes in ~2 minutes")
     parser.add_argument("--out", default="bench/results")
-    parser.add_argument("--device", choices=["all", "cpu", "cuda"], default="all",
-                        help="all: the CPU, then CUDA when present")
+    parser.add_argument(
+        "--device", choices=["all", "cpu", "cuda"], default="all", help="all: the CPU, then CUDA when present"
+    )
     args = parser.parse_args()
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     if args.device != "all":
@@ -188,26 +256,43 @@ def main() -> None:
         for n in elements:
             x = s.tensor((max(1, n // 1024), 1024))
             single_tensor_cases(s, "elements", f"{x.shape[0]}x1024", x, max(1, x.shape[0] // 4))
-            s.case("elements", f"{x.shape[0]}x1024", "nm_mask 2:4", x.numel(), {
-                "wgsef": lambda x=x: wgsef.nm_mask(x, 2, 4), "pytorch": lambda x=x: torch_ops.nm_mask_topk(x, 2, 4),
-                "clone": lambda x=x: x.clone()})
+            s.case(
+                "elements",
+                f"{x.shape[0]}x1024",
+                "nm_mask 2:4",
+                x.numel(),
+                {
+                    "wgsef": lambda x=x: wgsef.nm_mask(x, 2, 4),
+                    "pytorch": lambda x=x: torch_ops.nm_mask_topk(x, 2, 4),
+                    "clone": lambda x=x: x.clone(),
+                },
+            )
         total = 10**6 if args.quick else 10**7
-        for g in ([10**2, 10**4] if args.quick else [10**2, 10**3, 10**4, 10**5, 10**6]):
+        for g in [10**2, 10**4] if args.quick else [10**2, 10**3, 10**4, 10**5, 10**6]:
             x = s.tensor((g, total // g))
             single_tensor_cases(s, "groups", f"{g}x{total // g}", x, max(1, g // 4))
         for kind in ("equal", "geometric"):
             x = adversarial_norms(10**4, 100, kind, device)
-            s.case("groups", f"1e4 {kind} norms", "prox", x.numel(), {
-                "wgsef": lambda x=x: wgsef.prox(x, 2500, LAM), "pytorch": lambda x=x: torch_ops.prox(x, 2500, LAM),
-                "clone": lambda x=x: x.clone()})
+            s.case(
+                "groups",
+                f"1e4 {kind} norms",
+                "prox",
+                x.numel(),
+                {
+                    "wgsef": lambda x=x: wgsef.prox(x, 2500, LAM),
+                    "pytorch": lambda x=x: torch_ops.prox(x, 2500, LAM),
+                    "clone": lambda x=x: x.clone(),
+                },
+            )
         cuda = device.type == "cuda"  # fast enough for the large cases even with --quick
         if not args.quick or cuda:
             single_tensor_cases(s, "huge", "vgg16 fc6 4096x25088", s.tensor((4096, 25088)), 1024)
-        for name in (["resnet50"] if args.quick else list(MODELS)):
+        for name in ["resnet50"] if args.quick else list(MODELS):
             model_cases(s, name)
         optimizer_cases(s, "resnet50")
-        for shape in ([(4096, 4096)] if cuda and args.quick else [(2048, 2048)] if args.quick
-                      else [(4096, 4096), (4096, 25088)]):
+        for shape in (
+            [(4096, 4096)] if cuda and args.quick else [(2048, 2048)] if args.quick else [(4096, 4096), (4096, 25088)]
+        ):
             nm_cases(s, shape)
         report(s, args.out, device)
 
@@ -217,8 +302,10 @@ def report(s: Suite, out: str, device: torch.device) -> None:
     by_case: dict[tuple, dict[str, dict]] = {}
     for r in s.rows:
         by_case.setdefault((r["group"], r["workload"], r["op"]), {})[r["impl"]] = r
-    table = ["| group | workload | op | wgsef ms (IQR) | pytorch ms | speedup | floor | floor ms | wgsef / floor |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    table = [
+        "| group | workload | op | wgsef ms (IQR) | pytorch ms | speedup | floor | floor ms | wgsef / floor |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for (group, workload, op), impls in by_case.items():
         ours = impls["wgsef"]
         base = impls.get("pytorch") or impls.get("sgd")
@@ -230,8 +317,12 @@ def report(s: Suite, out: str, device: torch.device) -> None:
         table.append(
             f"| {group} | {workload} | {op} | {ours['median_ms']:.3f} ({ours['iqr_ms']:.3f}) | "
             + (f"{base['median_ms']:.3f} | {base['median_ms'] / ours['median_ms']:.1f}x | " if base else "- | - | ")
-            + (f"{floor_name} | {floor['median_ms']:.3f} | {ours['median_ms'] / floor['median_ms']:.2f} |"
-               if floor else "- | - | - |"))
+            + (
+                f"{floor_name} | {floor['median_ms']:.3f} | {ours['median_ms'] / floor['median_ms']:.2f} |"
+                if floor
+                else "- | - | - |"
+            )
+        )
     fields = list(s.rows[0])
     fields += sorted({key for r in s.rows for key in r} - set(fields))
     rows = [{f: r.get(f, "") for f in fields} for r in s.rows]
@@ -252,8 +343,11 @@ def plot(rows: list[dict], path: str) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(13, 4), sharey=True)
     for ax, op in zip(axes, ("value", "prox", "nm_mask 2:4")):
         for impl, style in (("wgsef", "o-"), ("pytorch", "s--"), ("clone", ":"), ("mul_", ":")):
-            pts = sorted((r["elements"], r["ns_per_element"]) for r in rows
-                         if r["group"] == "elements" and r["op"] == op and r["impl"] == impl)
+            pts = sorted(
+                (r["elements"], r["ns_per_element"])
+                for r in rows
+                if r["group"] == "elements" and r["op"] == op and r["impl"] == impl
+            )
             if pts:
                 ax.loglog(*zip(*pts), style, label=impl)
         ax.set_title(op)

@@ -29,8 +29,9 @@ def kernels(name, fn, calls=20):
         for _ in range(calls):
             fn()
         torch.cuda.synchronize()
-    rows = [(e.key, e.device_time_total / calls, e.count // calls) for e in prof.key_averages()
-            if e.device_time_total > 0]
+    rows = [
+        (e.key, e.device_time_total / calls, e.count // calls) for e in prof.key_averages() if e.device_time_total > 0
+    ]
     rows.sort(key=lambda r: -r[1])
     total = sum(r[1] for r in rows)
     print(f"\n{name}: wall {wall_us(fn):.1f} us per call, kernels {total:.1f} us")
@@ -47,8 +48,9 @@ def main():
     ks = [max(1, p.shape[0] // 2) for p in ps]
     lam, one = torch.tensor(1e-3, dtype=torch.float64), torch.tensor(1.0)
     kernels("resnet50 prox_multi_", lambda: wgsef.ops.prox_multi_(ps, layout, [], [], ks, lam, one, False))
-    kernels("resnet50 prox_multi_ global k",
-            lambda: wgsef.ops.prox_multi_(ps, layout, [], [], [sum(ks)], lam, one, True))
+    kernels(
+        "resnet50 prox_multi_ global k", lambda: wgsef.ops.prox_multi_(ps, layout, [], [], [sum(ks)], lam, one, True)
+    )
 
     def params():
         out = []

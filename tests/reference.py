@@ -79,6 +79,7 @@ def conjugate_from_sq(sq: np.ndarray, d: np.ndarray, k: int) -> float:
 
 def prox_shares(c: np.ndarray, w: np.ndarray, k: int) -> np.ndarray:
     """u_i = clip(c_i*eta - w_i, 0, 1) with sum u = k, for c > 0, by breakpoint enumeration."""
+
     def h(eta):
         return np.clip(c * eta - w, 0.0, 1.0).sum() - k
 

@@ -18,7 +18,13 @@ import pytest
 def test_baseline_build_passes_the_correctness_tests():
     here = Path(__file__).parent
     env = dict(os.environ, WGSEF_DISABLE_AVX2="1")
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "baseline_cpu"],
-                         cwd=here, env=env, capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "baseline_cpu"],
+        cwd=here,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert " passed" in run.stdout

@@ -46,7 +46,7 @@ def test_compact_keeps_padded_channels_with_nonzero_constants():
     x = torch.rand(5, 1, 6, 6)
     with torch.no_grad():
         torch.testing.assert_close(small(x), model(x))
-    with pytest.raises(TypeError, match="expected an nn.Sequential"):
+    with pytest.raises(TypeError, match=r"expected an nn\.Sequential"):
         compact(nn.Linear(2, 2), torch.rand(1, 2))
 
 
@@ -54,11 +54,27 @@ def test_compact_inside_residual_blocks():
     torch.manual_seed(0)
 
     def block(c):
-        return Residual(nn.Sequential(nn.Conv2d(c, 12, 3, padding=1, bias=False), nn.BatchNorm2d(12), nn.ReLU(),
-                                      nn.Conv2d(12, c, 1, bias=False), nn.BatchNorm2d(c)))
+        return Residual(
+            nn.Sequential(
+                nn.Conv2d(c, 12, 3, padding=1, bias=False),
+                nn.BatchNorm2d(12),
+                nn.ReLU(),
+                nn.Conv2d(12, c, 1, bias=False),
+                nn.BatchNorm2d(c),
+            )
+        )
 
-    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-                          block(8), nn.ReLU(), block(8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1, bias=False),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        block(8),
+        nn.ReLU(),
+        block(8),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 3),
+    )
     x = torch.rand(16, 1, 6, 6)
     model.train()
     model(x)

@@ -13,10 +13,20 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
 ]
 
-CASES = [((12, 5, 3, 3), "filters"), ((12, 5, 3, 3), "channels"), ((12, 5, 3, 3), "shapes"),
-         ((20, 30), "layer"), ((7, 9), "elements"), ((24, 16), ("heads", 6))]
-TOL = {torch.float64: (1e-9, 1e-12), torch.float32: (1e-5, 1e-6), torch.float16: (2e-3, 1e-3),
-       torch.bfloat16: (2e-2, 1e-2)}
+CASES = [
+    ((12, 5, 3, 3), "filters"),
+    ((12, 5, 3, 3), "channels"),
+    ((12, 5, 3, 3), "shapes"),
+    ((20, 30), "layer"),
+    ((7, 9), "elements"),
+    ((24, 16), ("heads", 6)),
+]
+TOL = {
+    torch.float64: (1e-9, 1e-12),
+    torch.float32: (1e-5, 1e-6),
+    torch.float16: (2e-3, 1e-3),
+    torch.bfloat16: (2e-2, 1e-2),
+}
 
 
 @pytest.mark.parametrize("shape,groups", CASES)
@@ -38,8 +48,9 @@ def test_ops_match_cpu(shape, groups, dtype):
             torch.testing.assert_close(inplace, gpu, rtol=0, atol=0)
         v_cpu, v_gpu = wgsef.value(x, k, groups), wgsef.value(xc, k, groups)
         torch.testing.assert_close(v_gpu.cpu(), v_cpu, rtol=max(rtol, 1e-6), atol=atol)
-    torch.testing.assert_close(wgsef.group_norms(xc, groups).cpu(), wgsef.group_norms(x, groups),
-                               rtol=max(rtol, 1e-6), atol=atol)
+    torch.testing.assert_close(
+        wgsef.group_norms(xc, groups).cpu(), wgsef.group_norms(x, groups), rtol=max(rtol, 1e-6), atol=atol
+    )
 
 
 def test_value_gradient_matches_cpu():
@@ -96,8 +107,9 @@ def test_nm_matches_cpu(n, m, dtype):
 
 def test_proxsgd_step_on_cuda_matches_cpu():
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(),
-                                torch.nn.Linear(8 * 6 * 6, 10))
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 6 * 6, 10)
+    )
     gpu_model = copy.deepcopy(model).cuda()
     x, y = torch.randn(16, 3, 8, 8), torch.randint(0, 10, (16,))
     for m_, dev in ((model, "cpu"), (gpu_model, "cuda")):
@@ -113,13 +125,17 @@ def test_proxsgd_step_on_cuda_matches_cpu():
 @pytest.mark.parametrize("shared", [False, True])
 def test_capturable_proxsgd_step_replays_in_a_cuda_graph(shared):
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(),
-                                torch.nn.Linear(8 * 6 * 6, 10)).cuda()
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 6 * 6, 10)
+    ).cuda()
     eager = copy.deepcopy(model)
     lr = torch.tensor(0.1, device="cuda")
-    opts = [wgsef.ProxSGD(wgsef.regularized_param_groups(m_, k=0.5, lam=0.5, shared_k=shared), lr=lr_,
-                          momentum=0.9, capturable=True)
-            for m_, lr_ in ((model, lr), (eager, 0.1))]
+    opts = [
+        wgsef.ProxSGD(
+            wgsef.regularized_param_groups(m_, k=0.5, lam=0.5, shared_k=shared), lr=lr_, momentum=0.9, capturable=True
+        )
+        for m_, lr_ in ((model, lr), (eager, 0.1))
+    ]
     x, y = torch.randn(16, 3, 8, 8, device="cuda"), torch.randint(0, 10, (16,), device="cuda")
 
     def step(m_, opt):
@@ -153,18 +169,21 @@ def test_prox_multi_many_tensors_mixed_dtypes_and_large_terms():
     dtypes = [torch.float32, torch.float64, torch.bfloat16]
     tensors = [torch.randn(s, generator=g).to(dtypes[i % 3]) for i, s in enumerate(shapes)]
     layout = [v for s in shapes for v in s]
-    weights = [torch.rand(s[1], generator=g, dtype=torch.float64) + 0.5 if i % 5 == 1 else None
-               for i, s in enumerate(shapes)]
+    weights = [
+        torch.rand(s[1], generator=g, dtype=torch.float64) + 0.5 if i % 5 == 1 else None for i, s in enumerate(shapes)
+    ]
     for shared in (False, True):
         k = [3000] if shared else [max(1, s[1] // 2) for s in shapes]
-        lam = torch.tensor([0.05] if shared else [0.05 + 0.01 * (i % 5) for i in range(len(shapes))],
-                           dtype=torch.float64)
+        lam = torch.tensor(
+            [0.05] if shared else [0.05 + 0.01 * (i % 5) for i in range(len(shapes))], dtype=torch.float64
+        )
         scale = torch.tensor(0.7, dtype=torch.float64)
         cpu = [t.clone() for t in tensors]
         torch.ops.wgsef.prox_multi_(cpu, layout, [], weights, k, lam, scale, shared)
         gpu = [t.cuda() for t in tensors]
-        torch.ops.wgsef.prox_multi_(gpu, layout, [], [None if w is None else w.cuda() for w in weights], k,
-                                    lam.cuda(), scale.cuda(), shared)
+        torch.ops.wgsef.prox_multi_(
+            gpu, layout, [], [None if w is None else w.cuda() for w in weights], k, lam.cuda(), scale.cuda(), shared
+        )
         for a, b in zip(gpu, cpu):
             rtol, atol = TOL[b.dtype]
             # a shared term's root moves with every tensor's norms: the float32 and
@@ -195,13 +214,17 @@ def test_vector_and_scalar_paths_of_the_streaming_kernels():
     base = torch.randn(64 * 1024 + 3)
     for offset, shape in ((0, (64, 1024)), (1, (64, 1024)), (3, (1024, 64)), (0, (256, 255))):
         n = shape[0] * shape[1]
-        x = base[offset:offset + n].view(shape)
+        x = base[offset : offset + n].view(shape)
         for dtype in (torch.float32, torch.float16):
             xd = x.to(dtype)
-            torch.testing.assert_close(wgsef.prox(xd.cuda(), shape[0] // 2, 0.01).cpu(),
-                                       wgsef.prox(xd, shape[0] // 2, 0.01), **dict(zip(("rtol", "atol"), TOL[dtype])))
-            torch.testing.assert_close(wgsef.group_norms(xd.cuda(), "channels").cpu(),
-                                       wgsef.group_norms(xd, "channels"), rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(
+                wgsef.prox(xd.cuda(), shape[0] // 2, 0.01).cpu(),
+                wgsef.prox(xd, shape[0] // 2, 0.01),
+                **dict(zip(("rtol", "atol"), TOL[dtype])),
+            )
+            torch.testing.assert_close(
+                wgsef.group_norms(xd.cuda(), "channels").cpu(), wgsef.group_norms(xd, "channels"), rtol=1e-5, atol=1e-6
+            )
 
 
 @pytest.mark.parametrize("n,m", [(2, 4), (1, 8), (5, 8), (3, 16), (1, 32), (9, 32)])
@@ -209,7 +232,7 @@ def test_vector_and_scalar_paths_of_the_streaming_kernels():
 def test_nm_contiguous_kernel_and_its_unaligned_fallback(n, m, dtype):
     w = torch.randn(64, 4 * m + 1).to(dtype)
     w[:, :8] = torch.round(w[:, :8])  # ties
-    for view in (w[:, :4 * m], w[:, 1:]):  # aligned rows, then a one-element offset
+    for view in (w[:, : 4 * m], w[:, 1:]):  # aligned rows, then a one-element offset
         wc = view.contiguous()
         expect = wgsef.nm_mask(wc, n, m)
         assert torch.equal(wgsef.nm_mask(wc.cuda(), n, m).cpu(), expect)

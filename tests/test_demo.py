@@ -4,7 +4,7 @@ import importlib.util
 import json
 
 import pytest
-import torch
+
 from wgsef.demo import main as demo_main
 
 

@@ -12,7 +12,7 @@ def test_x_dtype():
             wgsef.prox(bad, 1, 0.1)
         with pytest.raises(TypeError, match="x must be"):
             wgsef.value(bad, 1)
-    with pytest.raises(TypeError, match="x: expected a torch.Tensor"):
+    with pytest.raises(TypeError, match=r"x: expected a torch\.Tensor"):
         wgsef.value([1.0, 2.0], 1)
 
 
@@ -122,6 +122,7 @@ def test_prox_multi_checks_every_term_before_changing_any_tensor():
     with pytest.raises(ValueError, match="lam must be finite and >= 0"):
         torch.ops.wgsef.prox_multi_(xs, layout, [], [], [2, 2], torch.tensor([0.1, -1.0]), one, False)
     with pytest.raises(ValueError, match=r"weights must be positive and finite, got weights\[1\]"):
-        torch.ops.wgsef.prox_multi_(xs, layout, [], [None, torch.tensor([1.0, -2.0, 1.0, 1.0, 1.0])],
-                                    [2, 2], torch.tensor(0.1), one, False)
+        torch.ops.wgsef.prox_multi_(
+            xs, layout, [], [None, torch.tensor([1.0, -2.0, 1.0, 1.0, 1.0])], [2, 2], torch.tensor(0.1), one, False
+        )
     assert all(torch.equal(x, b) for x, b in zip(xs, before))

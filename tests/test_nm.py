@@ -56,8 +56,26 @@ def tied_tensor(shape, seed, dtype=torch.float32):
 # covers every selection path: rank forms (m = 4, 8, 16, 32), first maximum
 # (n = 1, m a multiple of 8), large groups (m = 40, 64) and the scalar
 # fallback (m = 12, and 30:64 with more kept than slices)
-@pytest.mark.parametrize("n,m", [(2, 4), (1, 4), (3, 4), (1, 8), (4, 8), (5, 8), (1, 16), (2, 16), (1, 32), (7, 32),
-                                 (3, 12), (2, 40), (1, 64), (4, 64), (30, 64)])
+@pytest.mark.parametrize(
+    "n,m",
+    [
+        (2, 4),
+        (1, 4),
+        (3, 4),
+        (1, 8),
+        (4, 8),
+        (5, 8),
+        (1, 16),
+        (2, 16),
+        (1, 32),
+        (7, 32),
+        (3, 12),
+        (2, 40),
+        (1, 64),
+        (4, 64),
+        (30, 64),
+    ],
+)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 def test_mask_matches_both_reference_forms_on_tied_inputs(n, m, dtype, device):
     for seed, shape in enumerate([(6, 4 * m), (3, 2 * m)]):
@@ -78,8 +96,11 @@ def test_mask_brute_force_small(device):
         n = int(rng.integers(0, m + 1))
         row = rng.integers(-2, 3, m).astype(np.float32)
         k = keys_of(row)
-        valid = [S for S in itertools.combinations(range(m), n)
-                 if all(k[i] > k[j] or (k[i] == k[j] and i < j) for i in S for j in range(m) if j not in S)]
+        valid = [
+            S
+            for S in itertools.combinations(range(m), n)
+            if all(k[i] > k[j] or (k[i] == k[j] and i < j) for i in S for j in range(m) if j not in S)
+        ]
         assert len(valid) == 1
         got = wgsef.nm_mask(torch.from_numpy(row).to(device), n, m).cpu()
         assert sorted(torch.nonzero(got).flatten().tolist()) == list(valid[0])
@@ -92,7 +113,7 @@ def test_large_groups(n, m, device):
     w = torch.randn(4, 2 * m, generator=g)
     w[0, :m] = torch.round(w[0, :m])  # ties in the first group
     w[0, m:] = 0.0
-    w[0, m + 3: m + 3 + max(1, n // 2)] = 1.5  # fewer than n nonzero keys: zeros fill up by index
+    w[0, m + 3 : m + 3 + max(1, n // 2)] = 1.5  # fewer than n nonzero keys: zeros fill up by index
     w[1, :m] = torch.distributions.Cauchy(0.0, 1.0).sample((m,))  # heavy tails: many candidates
     w[1, m + 5] = float("nan")
     w[2, :m] = 0.25  # all tied
@@ -159,7 +180,7 @@ def test_bad_arguments(device):
         wgsef.nm_decay(torch.randn(4, 8, device=device), 2, 4, 1.5)
     with pytest.raises(ValueError, match="grad_mode must be 'ste' or 'scaled'"):
         wgsef.nm_decay(torch.randn(4, 8, device=device), 2, 4, 0.5, grad_mode="exact")
-    with pytest.raises(ValueError, match="srste_weight must be >= 0, got -0.1"):
+    with pytest.raises(ValueError, match=r"srste_weight must be >= 0, got -0\.1"):
         wgsef.nm_decay(torch.randn(4, 8, device=device), 2, 4, 0.5, srste_weight=-0.1)
     with pytest.raises(ValueError, match=r"decay must be a one-element tensor, got shape \[2\]"):
         wgsef.nm_decay(torch.randn(4, 8, device=device), 2, 4, torch.tensor([0.1, 0.2]))
@@ -169,8 +190,12 @@ SETTINGS = settings(max_examples=40, deadline=None, derandomize=True)
 
 
 @SETTINGS
-@given(st.sampled_from([(1, 2), (2, 4), (1, 8), (3, 8), (4, 16), (1, 32), (5, 40)]), st.integers(1, 6),
-       st.integers(0, 2**31 - 1), st.sampled_from([1.0, 0.25, 8.0]))
+@given(
+    st.sampled_from([(1, 2), (2, 4), (1, 8), (3, 8), (4, 16), (1, 32), (5, 40)]),
+    st.integers(1, 6),
+    st.integers(0, 2**31 - 1),
+    st.sampled_from([1.0, 0.25, 8.0]),
+)
 def test_properties(pattern, rows, seed, scale):
     n, m = pattern
     g = torch.Generator().manual_seed(seed)
@@ -193,14 +218,14 @@ def test_decay_forward_and_gradients_match_the_unfused_formula(decay, device):
     torch.testing.assert_close(out, w.detach() * factor, rtol=0, atol=0)
     # "scaled" is autograd of the unfused formula with the mask held constant
     (out_s,) = [wgsef.nm_decay(w, 2, 8, decay, grad_mode="scaled")]
-    grad_s, = torch.autograd.grad(out_s, w, upstream)
+    (grad_s,) = torch.autograd.grad(out_s, w, upstream)
     w2 = w.detach().clone().requires_grad_(True)
-    grad_ref, = torch.autograd.grad(w2 * factor, w2, upstream)
+    (grad_ref,) = torch.autograd.grad(w2 * factor, w2, upstream)
     torch.testing.assert_close(grad_s, grad_ref, rtol=0, atol=0)
     # "ste": straight through; SR-STE adds lambda * (1 - mask) * W
-    grad_ste, = torch.autograd.grad(wgsef.nm_decay(w, 2, 8, decay), w, upstream)
+    (grad_ste,) = torch.autograd.grad(wgsef.nm_decay(w, 2, 8, decay), w, upstream)
     torch.testing.assert_close(grad_ste, upstream, rtol=0, atol=0)
-    grad_sr, = torch.autograd.grad(wgsef.nm_decay(w, 2, 8, decay, srste_weight=2e-4), w, upstream)
+    (grad_sr,) = torch.autograd.grad(wgsef.nm_decay(w, 2, 8, decay, srste_weight=2e-4), w, upstream)
     torch.testing.assert_close(grad_sr, upstream + 2e-4 * (~mask).double() * w.detach(), rtol=0, atol=1e-18)
     # the scaled backward against finite differences at a generic point
     assert torch.autograd.gradcheck(lambda t: wgsef.nm_decay(t, 2, 8, decay, grad_mode="scaled"), (w,))
@@ -256,7 +281,7 @@ def test_schedule_values_by_hand():
     assert lin.state(150).phase == "finetune"
     exp = NMSchedule(1, 8, 100, "mdgf_exp", dense_frac=0.1, finetune_frac=0.2)
     assert exp.state(80 - 1).decay == pytest.approx(math.exp(-math.log(1000) * 69 / 70))
-    assert exp.state(45).decay == pytest.approx(1000 ** -0.5)
+    assert exp.state(45).decay == pytest.approx(1000**-0.5)
     fixed = NMSchedule(1, 8, 100, "mdgf_exp", decay_rate=1e-4, dense_frac=0.0, finetune_frac=0.0)
     assert fixed.state(0).decay == 1.0
     assert fixed.state(69).decay == pytest.approx(math.exp(-6.9e-3))
@@ -264,7 +289,15 @@ def test_schedule_values_by_hand():
     # 4 patterns over 70 steps: index = floor(j * 4 / 70)
     # t = 10, 27, 28, 45, 62, 63, 79 -> j = 0, 17, 18, 35, 52, 53, 69 -> index 0, 0, 1, 2, 2, 3, 3
     assert [(step.state(t).n, step.state(t).m) for t in (10, 27, 28, 45, 62, 63, 79, 80)] == [
-        (7, 8), (7, 8), (4, 8), (2, 8), (2, 8), (1, 8), (1, 8), (1, 8)]
+        (7, 8),
+        (7, 8),
+        (4, 8),
+        (2, 8),
+        (2, 8),
+        (1, 8),
+        (1, 8),
+        (1, 8),
+    ]
     geo = NMSchedule(1, 8, 100, "sdgf_geometric", dense_frac=0.1, finetune_frac=0.2)
     assert (geo.state(10).n, geo.state(10).m, geo.state(10).decay) == (16, 128, 0.0)
     assert (geo.state(79).n, geo.state(79).m) == (1, 8)
@@ -314,8 +347,14 @@ def test_training_through_all_phases_gives_a_valid_nm_model(method):
     model = Net()
     x, y = torch.randn(64, 3, 4, 4), torch.randint(0, 4, (64,))
     total = 60
-    schedule = NMSchedule(1, 4, total, method, dense_frac=0.1 if method != "srste" else 0.0,
-                          finetune_frac=0.2 if method != "srste" else 0.0)
+    schedule = NMSchedule(
+        1,
+        4,
+        total,
+        method,
+        dense_frac=0.1 if method != "srste" else 0.0,
+        finetune_frac=0.2 if method != "srste" else 0.0,
+    )
     with pytest.warns(UserWarning, match="leaving stem dense"):
         sparsifier = NMSparsifier(model, schedule)
     assert [name for name, *_ in sparsifier.layers] == ["conv", "attn", "attn.out_proj", "fc1", "fc2"]

@@ -17,8 +17,14 @@ from tests import reference as ref
 def small_model(seed=0, dtype=torch.float64):
     torch.manual_seed(seed)
     return nn.Sequential(
-        nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 6, 3), nn.ReLU(), nn.Flatten(),
-        nn.Linear(6 * 4 * 4, 12), nn.ReLU(), nn.Linear(12, 5),
+        nn.Conv2d(3, 8, 3),
+        nn.ReLU(),
+        nn.Conv2d(8, 6, 3),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(6 * 4 * 4, 12),
+        nn.ReLU(),
+        nn.Linear(12, 5),
     ).to(dtype)
 
 
@@ -95,8 +101,14 @@ def test_matches_sgd_then_reference_prox(shared, cfg):
     rest = [p for n, p in model.named_parameters() if n not in ("0.weight", "2.weight", "5.weight")]
     opt = wgsef.ProxSGD(
         [
-            {"params": convs, "groups": specs, "weights": weights, "k": k[0] if shared else k,
-             "lam": lam[0] if shared else lam, "shared_k": shared},
+            {
+                "params": convs,
+                "groups": specs,
+                "weights": weights,
+                "k": k[0] if shared else k,
+                "lam": lam[0] if shared else lam,
+                "shared_k": shared,
+            },
             {"params": rest},
         ],
         **cfg,
@@ -107,8 +119,12 @@ def test_matches_sgd_then_reference_prox(shared, cfg):
         train(ref_model, sgd, 1, step)
         with torch.no_grad():
             reference_prox_group(
-                ref_convs, specs, k, [lr * l for l in (lam[:1] if shared else lam)],
-                [None if w is None else w.tolist() for w in weights], shared,
+                ref_convs,
+                specs,
+                k,
+                [lr * v for v in (lam[:1] if shared else lam)],
+                [None if w is None else w.tolist() for w in weights],
+                shared,
             )
         for p, q in zip(model.parameters(), ref_model.parameters()):
             torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-12)
@@ -153,8 +169,7 @@ def test_freeze_support_gives_at_most_k_groups_per_term_and_shared_budget():
         assert row.groups_kept <= row.k
     # one budget over all filters of the model
     model2 = small_model()
-    opt2 = wgsef.ProxSGD(wgsef.regularized_param_groups(model2, k=10, lam=0.01, shared_k=True),
-                         lr=0.05, momentum=0.9)
+    opt2 = wgsef.ProxSGD(wgsef.regularized_param_groups(model2, k=10, lam=0.01, shared_k=True), lr=0.05, momentum=0.9)
     train(model2, opt2, 5)
     opt2.freeze_support()
     train(model2, opt2, 5, 5)
@@ -164,8 +179,7 @@ def test_freeze_support_gives_at_most_k_groups_per_term_and_shared_budget():
 def test_checkpoint_resume_is_bit_exact():
     def make():
         m = small_model()
-        o = wgsef.ProxSGD(wgsef.regularized_param_groups(m, k=0.5, lam=0.2), lr=0.05,
-                          momentum=0.9, nesterov=True)
+        o = wgsef.ProxSGD(wgsef.regularized_param_groups(m, k=0.5, lam=0.2), lr=0.05, momentum=0.9, nesterov=True)
         return m, o
 
     model, opt = make()
@@ -261,10 +275,10 @@ def test_lr_scheduler_and_compile_one_graph():
 
     counters.clear()
     model, ref_model = small_model(dtype=torch.float32), small_model(dtype=torch.float32)
-    opt = wgsef.ProxSGD(wgsef.regularized_param_groups(model, k=0.5, lam=0.3),
-                        lr=torch.tensor(0.05), momentum=0.9)
-    ref_opt = wgsef.ProxSGD(wgsef.regularized_param_groups(ref_model, k=0.5, lam=0.3),
-                            lr=torch.tensor(0.05), momentum=0.9)
+    opt = wgsef.ProxSGD(wgsef.regularized_param_groups(model, k=0.5, lam=0.3), lr=torch.tensor(0.05), momentum=0.9)
+    ref_opt = wgsef.ProxSGD(
+        wgsef.regularized_param_groups(ref_model, k=0.5, lam=0.3), lr=torch.tensor(0.05), momentum=0.9
+    )
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.8)
     ref_sched = torch.optim.lr_scheduler.ExponentialLR(ref_opt, gamma=0.8)
     compiled_step = torch.compile(opt.step)
@@ -296,8 +310,11 @@ class AllocationRecorder(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        inputs = {a.untyped_storage().data_ptr() for a in torch.utils._pytree.tree_leaves((args, kwargs))
-                  if isinstance(a, torch.Tensor)}
+        inputs = {
+            a.untyped_storage().data_ptr()
+            for a in torch.utils._pytree.tree_leaves((args, kwargs))
+            if isinstance(a, torch.Tensor)
+        }
         for t in torch.utils._pytree.tree_leaves(out):
             if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
                 self.sizes.append(t.numel())
@@ -345,8 +362,10 @@ def test_param_groups_by_attention_heads():
 def test_fused_update_matches_the_foreach_step(cfg, device):
     # torch's fused SGD kernel for the update, then the same prox
     models = [small_model().to(device), small_model().to(device)]
-    opts = [wgsef.ProxSGD(wgsef.regularized_param_groups(m, k=0.5, lam=0.3), foreach=not fused, fused=fused, **cfg)
-            for m, fused in zip(models, (False, True))]
+    opts = [
+        wgsef.ProxSGD(wgsef.regularized_param_groups(m, k=0.5, lam=0.3), foreach=not fused, fused=fused, **cfg)
+        for m, fused in zip(models, (False, True))
+    ]
     for step in range(4):
         for m, opt in zip(models, opts):
             x, y = batch(step)
@@ -364,8 +383,10 @@ def test_fused_update_matches_the_foreach_step(cfg, device):
 def test_capturable_step_matches_the_default_step(cfg, shared):
     # the same steps computed by foreach ops with lr and lam as tensors on the device
     models = [small_model(), small_model()]
-    opts = [wgsef.ProxSGD(wgsef.regularized_param_groups(m, k=0.5, lam=0.3, shared_k=shared),
-                          capturable=cap, **cfg) for m, cap in zip(models, (False, True))]
+    opts = [
+        wgsef.ProxSGD(wgsef.regularized_param_groups(m, k=0.5, lam=0.3, shared_k=shared), capturable=cap, **cfg)
+        for m, cap in zip(models, (False, True))
+    ]
     for step in range(4):
         for m, opt in zip(models, opts):
             train(m, opt, 1, step)
@@ -383,8 +404,7 @@ def test_capturable_reads_a_tensor_lr_in_place_and_rejects_bad_options():
     a, b = small_model(), small_model()
     lr = torch.tensor(0.05, dtype=torch.float64)
     opt_a = wgsef.ProxSGD(wgsef.regularized_param_groups(a, k=0.5, lam=0.3), lr=0.05, momentum=0.9)
-    opt_b = wgsef.ProxSGD(wgsef.regularized_param_groups(b, k=0.5, lam=0.3), lr=lr, momentum=0.9,
-                          capturable=True)
+    opt_b = wgsef.ProxSGD(wgsef.regularized_param_groups(b, k=0.5, lam=0.3), lr=lr, momentum=0.9, capturable=True)
     for step, value in enumerate([0.05, 0.02, 0.01]):
         for group in opt_a.param_groups:
             group["lr"] = value
@@ -406,8 +426,9 @@ def test_capturable_per_tensor_lam_with_a_param_lacking_its_gradient():
     opts = []
     for m, cap in zip(models, (False, True)):
         convs = [m[0].weight, m[2].weight]
-        opts.append(wgsef.ProxSGD([{"params": convs, "k": 0.5, "lam": [0.2, 0.4]}], lr=0.05, momentum=0.9,
-                                  capturable=cap))
+        opts.append(
+            wgsef.ProxSGD([{"params": convs, "k": 0.5, "lam": [0.2, 0.4]}], lr=0.05, momentum=0.9, capturable=cap)
+        )
     for step in range(3):
         for m, opt in zip(models, opts):
             x, y = batch(step)

@@ -199,12 +199,8 @@ def test_edge_cases(device):
     # k = 1 is the squared weighted group lasso, k >= m plain weight decay
     d = torch.rand(5, dtype=torch.float64, device=device) + 0.5
     norms = x.norm(dim=1)
-    assert wgsef.value(x, 1, weights=d).item() == pytest.approx(
-        0.5 * (d.sqrt() * norms).sum().item() ** 2
-    )
-    assert wgsef.value(x, 5, weights=d).item() == pytest.approx(
-        0.5 * (d * norms**2).sum().item()
-    )
+    assert wgsef.value(x, 1, weights=d).item() == pytest.approx(0.5 * (d.sqrt() * norms).sum().item() ** 2)
+    assert wgsef.value(x, 5, weights=d).item() == pytest.approx(0.5 * (d * norms**2).sum().item())
 
 
 def test_huge_lam_keeps_top_k_groups(device):
@@ -290,8 +286,9 @@ def test_prox_multi_matches_reference(shared, device):
     lam = torch.tensor([0.7] if shared else [0.7, 0.2, 1.5], dtype=torch.float64)
     scale = torch.tensor(0.5, dtype=torch.float64)
     on = [t.to(device) for t in tensors]
-    torch.ops.wgsef.prox_multi_(on, layout, [None, ids.to(device), None], [None, None, wc.to(device)], k, lam,
-                                scale, shared)
+    torch.ops.wgsef.prox_multi_(
+        on, layout, [None, ids.to(device), None], [None, None, wc.to(device)], k, lam, scale, shared
+    )
     tensors = [t.cpu() for t in on]
     specs = ["filters", ids, "channels"]
     weights = [np.ones(6), np.ones(7), wc.numpy()]
@@ -301,7 +298,7 @@ def test_prox_multi_matches_reference(shared, device):
         f = ref.prox_factors(np.concatenate(sqs), np.concatenate(weights), 9, 0.35)
         factors = np.split(f, np.cumsum([6, 7])[:2])
     else:
-        factors = [ref.prox_factors(sq, w, kk, 0.5 * l) for sq, w, kk, l in zip(sqs, weights, k, lam.tolist())]
+        factors = [ref.prox_factors(sq, w, kk, 0.5 * v) for sq, w, kk, v in zip(sqs, weights, k, lam.tolist())]
     for got, orig, i, f in zip(tensors, (a, b, c), id_lists, factors):
         expect = (orig.numpy().reshape(-1) * f[i]).reshape(orig.shape)
         torch.testing.assert_close(got, torch.from_numpy(expect), rtol=1e-10, atol=1e-12)

@@ -28,10 +28,16 @@ def samples(device="cpu"):
         (OPS.prox.default, (y, 9, lam, None, ids, 6), {}),
         (OPS.prox_.default, (x.clone(), 1, lam), {}),
         (OPS.prox_.default, (y.clone(), 2, lam, None, ids, 6), {}),
-        (OPS.prox_multi_.default,
-         ([x.clone(), y.clone()], [3, 5, 4, 0, 6, 0], [None, ids], [w, None], [2, 3], lam, lam), {}),
-        (OPS.prox_multi_.default,
-         ([x.clone(), y.clone()], [1, 3, 20, 4, 5, 1], [], [], [4], torch.tensor([0.5], device=device), lam, True), {}),
+        (
+            OPS.prox_multi_.default,
+            ([x.clone(), y.clone()], [3, 5, 4, 0, 6, 0], [None, ids], [w, None], [2, 3], lam, lam),
+            {},
+        ),
+        (
+            OPS.prox_multi_.default,
+            ([x.clone(), y.clone()], [1, 3, 20, 4, 5, 1], [], [], [4], torch.tensor([0.5], device=device), lam, True),
+            {},
+        ),
     ]
 
 

@@ -20,14 +20,19 @@ from wgsef.model_shapes import resnet50
 def layers(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="wgsef layers", description="one WGSEF prox step per ResNet-50 layer")
     parser.add_argument("--keep", type=float, default=0.25, help="kept fraction of filters per layer (k)")
-    parser.add_argument("--lam", type=float, nargs="+", default=[0.01, 0.1, 1.0, 10.0],
-                        help="prox strengths to compare (step size x regularization weight)")
+    parser.add_argument(
+        "--lam",
+        type=float,
+        nargs="+",
+        default=[0.01, 0.1, 1.0, 10.0],
+        help="prox strengths to compare (step size x regularization weight)",
+    )
     parser.add_argument("--groups", default="filters", help="group type: filters, channels, shapes, ...")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
     torch.manual_seed(args.seed)
-    lam_cols = "".join(f"{'kept@' + format(l, 'g'):>11}" for l in args.lam)
+    lam_cols = "".join(f"{'kept@' + format(lam, 'g'):>11}" for lam in args.lam)
     header = f"{'layer':<22}{'shape':<20}{'groups':>7}{'k':>6}{lam_cols}{'ms/prox':>9}"
     print(f"WGSEF prox on ResNet-50 weight shapes, groups={args.groups!r}, k = {args.keep:g} x groups")
     print(header)
@@ -49,7 +54,7 @@ def layers(argv: list[str] | None = None) -> None:
         total_groups += m
         total_k += k
         cols = "".join(f"{c:>11}" for c in kept)
-        print(f"{name:<22}{str(shape):<20}{m:>7}{k:>6}{cols}{ms:>9.2f}")
+        print(f"{name:<22}{shape!s:<20}{m:>7}{k:>6}{cols}{ms:>9.2f}")
     print("-" * len(header))
     cols = "".join(f"{t:>11}" for t in totals)
     print(f"{'total':<42}{total_groups:>7}{total_k:>6}{cols}")

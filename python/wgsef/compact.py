@@ -38,12 +38,26 @@ class Residual(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x) + self.shortcut(x)
 
-_PASS_THROUGH = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid,
-                 nn.Identity, nn.Dropout, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)
+
+_PASS_THROUGH = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.Identity,
+    nn.Dropout,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+)
 
 
-def _constant_channels(layers: list[nn.Module], start: int, dead: torch.Tensor,
-                       bias: torch.Tensor | None) -> torch.Tensor:
+def _constant_channels(
+    layers: list[nn.Module], start: int, dead: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
     """The constant value each channel takes after the layers following a
     producer: its bias (or 0) through batch norm and activations."""
     value = bias.detach().clone() if bias is not None else torch.zeros(dead.numel())
@@ -93,7 +107,7 @@ def compact(model: nn.Sequential, example_input: torch.Tensor) -> nn.Sequential:
         layer, nxt_index = layers[i], producers[pos + 1]
         nxt = layers[nxt_index]
         dead = layer.weight.reshape(layer.weight.shape[0], -1).abs().sum(1) == 0
-        if isinstance(layer, nn.Conv2d) and layer.groups != 1 or isinstance(nxt, nn.Conv2d) and nxt.groups != 1:
+        if (isinstance(layer, nn.Conv2d) and layer.groups != 1) or (isinstance(nxt, nn.Conv2d) and nxt.groups != 1):
             continue
         between = layers[i + 1 : nxt_index]
         if any(not isinstance(m, _PASS_THROUGH + (nn.BatchNorm2d, nn.BatchNorm1d, nn.Flatten)) for m in between):
@@ -115,8 +129,16 @@ def compact(model: nn.Sequential, example_input: torch.Tensor) -> nn.Sequential:
             replacement.weight.copy_(new_w)
         else:
             shift = (nxt.weight[:, dead] * const[dead].view(1, -1, 1, 1)).sum((1, 2, 3))
-            replacement = nn.Conv2d(int(keep.numel()), nxt.out_channels, nxt.kernel_size, nxt.stride,
-                                    nxt.padding, nxt.dilation, bias=True, padding_mode=nxt.padding_mode)
+            replacement = nn.Conv2d(
+                int(keep.numel()),
+                nxt.out_channels,
+                nxt.kernel_size,
+                nxt.stride,
+                nxt.padding,
+                nxt.dilation,
+                bias=True,
+                padding_mode=nxt.padding_mode,
+            )
             replacement.weight.copy_(nxt.weight[:, keep])
         replacement.bias.copy_(shift + (nxt.bias if nxt.bias is not None else 0))
         layers[nxt_index] = replacement
@@ -124,9 +146,16 @@ def compact(model: nn.Sequential, example_input: torch.Tensor) -> nn.Sequential:
         if isinstance(layer, nn.Linear):
             shrunk = nn.Linear(layer.in_features, int(keep.numel()), bias=layer.bias is not None)
         else:
-            shrunk = nn.Conv2d(layer.in_channels, int(keep.numel()), layer.kernel_size, layer.stride,
-                               layer.padding, layer.dilation, bias=layer.bias is not None,
-                               padding_mode=layer.padding_mode)
+            shrunk = nn.Conv2d(
+                layer.in_channels,
+                int(keep.numel()),
+                layer.kernel_size,
+                layer.stride,
+                layer.padding,
+                layer.dilation,
+                bias=layer.bias is not None,
+                padding_mode=layer.padding_mode,
+            )
         shrunk.weight.copy_(layer.weight[keep])
         if layer.bias is not None:
             shrunk.bias.copy_(layer.bias[keep])

@@ -47,8 +47,7 @@ def load_data(name: str, seed: int) -> tuple[torch.Tensor, ...]:
             from sklearn.datasets import load_digits
         except ImportError as err:
             raise SystemExit(
-                "the digits dataset needs scikit-learn: pip install 'wgsef[demo]' "
-                "(or run with --dataset synthetic)"
+                "the digits dataset needs scikit-learn: pip install 'wgsef[demo]' (or run with --dataset synthetic)"
             ) from err
         images, labels = load_digits(return_X_y=True)
         x = torch.tensor(images, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
@@ -70,10 +69,20 @@ def lenet(classes: int = 10) -> nn.Sequential:
     """A LeNet-like CNN for 8x8 inputs; unpadded inner convs let compaction fold
     the constant output of a pruned filter into the next layer exactly."""
     return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.Conv2d(16, 32, 3, bias=False), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(), nn.Flatten(),
-        nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, classes),
+        nn.Conv2d(1, 16, 3, padding=1, bias=False),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, bias=False),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, bias=False),
+        nn.BatchNorm2d(64),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(64, 128),
+        nn.ReLU(),
+        nn.Linear(128, classes),
     )
 
 
@@ -92,8 +101,10 @@ def progress(label: str, epoch: int, epochs: int, loss: float, acc: float, quiet
     if quiet or (not interactive and epoch < epochs):
         return
     done = round(20 * epoch / epochs)
-    line = (f"  {label:<24} [{'#' * done}{'.' * (20 - done)}] epoch {epoch:>3}/{epochs}"
-            f"  loss {loss:.3f}  test acc {acc:5.1f}%")
+    line = (
+        f"  {label:<24} [{'#' * done}{'.' * (20 - done)}] epoch {epoch:>3}/{epochs}"
+        f"  loss {loss:.3f}  test acc {acc:5.1f}%"
+    )
     sys.stdout.write(("\r" if interactive else "") + line + ("\n" if epoch == epochs else ""))
     sys.stdout.flush()
 
@@ -139,22 +150,30 @@ def group_lasso_step(opt: ProxSGD, strength: float) -> None:
 def latency_ms(model: nn.Module, batch: torch.Tensor) -> float:
     model.eval()
     with torch.no_grad():
-        timer = Timer("model(batch)", globals={"model": model, "batch": batch},
-                      num_threads=torch.get_num_threads())
+        timer = Timer("model(batch)", globals={"model": model, "batch": batch}, num_threads=torch.get_num_threads())
         return timer.blocked_autorange(min_run_time=0.3).median * 1e3
 
 
 def run_structured(args, data) -> dict[str, Any]:
-    x, y, x_test, y_test = data
+    _, _, x_test, y_test = data
     epochs, heal = args.epochs, max(1, args.epochs // 4)
     results: dict[str, Any] = {}
-    print(f"Structured sparsity: LeNet-like CNN, keep {args.keep:g} of the filters per layer, "
-          f"{epochs} epochs (last {heal} healing with a frozen support)")
+    print(
+        f"Structured sparsity: LeNet-like CNN, keep {args.keep:g} of the filters per layer, "
+        f"{epochs} epochs (last {heal} healing with a frozen support)"
+    )
 
     torch.manual_seed(args.seed)
     dense = lenet()
-    train(dense, torch.optim.SGD(dense.parameters(), lr=args.lr, momentum=0.9), data, epochs,
-          args.seed, "dense", args.quiet)
+    train(
+        dense,
+        torch.optim.SGD(dense.parameters(), lr=args.lr, momentum=0.9),
+        data,
+        epochs,
+        args.seed,
+        "dense",
+        args.quiet,
+    )
     results["dense"] = {"test_accuracy": accuracy(dense, x_test, y_test)}
 
     torch.manual_seed(args.seed)
@@ -163,8 +182,13 @@ def run_structured(args, data) -> dict[str, Any]:
     history: list[dict[str, Any]] = []
 
     def record(epoch: int) -> None:
-        history.append({"epoch": epoch - 1, "test_accuracy": accuracy(sparse, x_test, y_test),
-                        "groups_kept": [r.groups_kept for r in sparsity_report(opt)]})
+        history.append(
+            {
+                "epoch": epoch - 1,
+                "test_accuracy": accuracy(sparse, x_test, y_test),
+                "groups_kept": [r.groups_kept for r in sparsity_report(opt)],
+            }
+        )
         if epoch == epochs - heal + 1:
             opt.freeze_support()
 
@@ -173,8 +197,9 @@ def run_structured(args, data) -> dict[str, Any]:
     report = sparsity_report(opt)
     results["wgsef"] = {
         "test_accuracy": accuracy(sparse, x_test, y_test),
-        "layers": [{"name": r.name, "groups_kept": r.groups_kept, "groups_total": r.groups_total,
-                    "k": r.k} for r in report],
+        "layers": [
+            {"name": r.name, "groups_kept": r.groups_kept, "groups_total": r.groups_total, "k": r.k} for r in report
+        ],
         "history": history,
     }
 
@@ -190,18 +215,31 @@ def run_structured(args, data) -> dict[str, Any]:
         if "support_mask" not in lasso_opt.state[lasso_opt.param_groups[0]["params"][0]]:
             group_lasso_step(lasso_opt, args.lr * args.lasso_lam)
 
-    train(lasso, lasso_opt, data, epochs, args.seed, "group lasso", args.quiet,
-          after_step=lasso_prox, epoch_hook=lasso_epoch)
-    results["group_lasso"] = {"test_accuracy": accuracy(lasso, x_test, y_test),
-                              "groups_kept": [r.groups_kept for r in sparsity_report(lasso_opt)]}
+    train(
+        lasso,
+        lasso_opt,
+        data,
+        epochs,
+        args.seed,
+        "group lasso",
+        args.quiet,
+        after_step=lasso_prox,
+        epoch_hook=lasso_epoch,
+    )
+    results["group_lasso"] = {
+        "test_accuracy": accuracy(lasso, x_test, y_test),
+        "groups_kept": [r.groups_kept for r in sparsity_report(lasso_opt)],
+    }
 
     magnitude = lenet()
     magnitude.load_state_dict(dense.state_dict())
     mag_opt = ProxSGD(regularized_groups(magnitude, args.keep, 0.0), lr=args.lr, momentum=0.9)
     mag_opt.freeze_support()  # the dense model's top-k filters by norm
     train(magnitude, mag_opt, data, heal, args.seed, "magnitude + fine-tune", args.quiet)
-    results["magnitude"] = {"test_accuracy": accuracy(magnitude, x_test, y_test),
-                            "groups_kept": [r.groups_kept for r in sparsity_report(mag_opt)]}
+    results["magnitude"] = {
+        "test_accuracy": accuracy(magnitude, x_test, y_test),
+        "groups_kept": [r.groups_kept for r in sparsity_report(mag_opt)],
+    }
 
     # compaction of the WGSEF model
     sparse.eval()
@@ -214,8 +252,10 @@ def run_structured(args, data) -> dict[str, Any]:
         "params": {"dense": count_params(dense), "compacted": count_params(small)},
         "flops": {"dense": count_flops(dense, x_test), "compacted": count_flops(small, x_test)},
         "latency_ms": {
-            f"batch_{b}": {"dense": latency_ms(dense, x_test[:b].repeat(math.ceil(b / len(x_test)), 1, 1, 1)[:b]),
-                           "compacted": latency_ms(small, x_test[:b].repeat(math.ceil(b / len(x_test)), 1, 1, 1)[:b])}
+            f"batch_{b}": {
+                "dense": latency_ms(dense, x_test[:b].repeat(math.ceil(b / len(x_test)), 1, 1, 1)[:b]),
+                "compacted": latency_ms(small, x_test[:b].repeat(math.ceil(b / len(x_test)), 1, 1, 1)[:b]),
+            }
             for b in (1, 256)
         },
     }
@@ -223,12 +263,13 @@ def run_structured(args, data) -> dict[str, Any]:
 
 
 def mlp(classes: int = 10) -> nn.Sequential:
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(),
-                         nn.Linear(128, classes))
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, classes)
+    )
 
 
 def run_nm(args, data) -> dict[str, Any]:
-    x, y, x_test, y_test = data
+    _, y, x_test, y_test = data
     steps = args.epochs * math.ceil(len(y) / 64)
     n, m = args.nm
     print(f"N:M sparsity: MLP 64-256-128-10, {n}:{m} along the input dimension, {args.epochs} epochs")
@@ -241,13 +282,14 @@ def run_nm(args, data) -> dict[str, Any]:
         if method:
             sparsifier = NMSparsifier(model, NMSchedule(n, m, steps, method))
             sparsifier.attach(opt)
-        train(model, opt, data, args.epochs, args.seed, f"{label} {n}:{m}" if method else label,
-              args.quiet)
+        train(model, opt, data, args.epochs, args.seed, f"{label} {n}:{m}" if method else label, args.quiet)
         if sparsifier:
             sparsifier.export()
         checks = check_nm(model, n, m)
-        results[label] = {"test_accuracy": accuracy(model, x_test, y_test),
-                          "valid_nm": all(c.valid for c in checks) if method else None}
+        results[label] = {
+            "test_accuracy": accuracy(model, x_test, y_test),
+            "valid_nm": all(c.valid for c in checks) if method else None,
+        }
     return results
 
 
@@ -260,18 +302,23 @@ def print_report(res: dict[str, Any]) -> None:
         total = [layer["groups_total"] for layer in s["wgsef"]["layers"]]
         print(f"  {'dense':<28}{s['dense']['test_accuracy']:>8.1f}%  {total}")
         print(f"  {'WGSEF (ProxSGD)':<28}{s['wgsef']['test_accuracy']:>8.1f}%  {kept}")
-        print(f"  {'WGSEF, compacted':<28}{s['compacted']['test_accuracy']:>8.1f}%  "
-              f"(max output difference {s['compacted']['max_abs_output_difference']:.1e})")
-        print(f"  {'group lasso':<28}{s['group_lasso']['test_accuracy']:>8.1f}%  {s['group_lasso']['groups_kept']}")
-        print(f"  {'magnitude + fine-tune':<28}{s['magnitude']['test_accuracy']:>8.1f}%  {s['magnitude']['groups_kept']}")
+        print(
+            f"  {'WGSEF, compacted':<28}{s['compacted']['test_accuracy']:>8.1f}%  "
+            f"(max output difference {s['compacted']['max_abs_output_difference']:.1e})"
+        )
+        for label, key in (("group lasso", "group_lasso"), ("magnitude + fine-tune", "magnitude")):
+            print(f"  {label:<28}{s[key]['test_accuracy']:>8.1f}%  {s[key]['groups_kept']}")
         c = s["compacted"]
         print("\nDense vs compacted WGSEF model")
         print(f"  {'':<22}{'dense':>12}{'compacted':>12}{'ratio':>8}")
-        rows = [("parameters", c["params"]["dense"], c["params"]["compacted"]),
-                ("MACs per sample", c["flops"]["dense"], c["flops"]["compacted"])]
+        rows = [
+            ("parameters", c["params"]["dense"], c["params"]["compacted"]),
+            ("MACs per sample", c["flops"]["dense"], c["flops"]["compacted"]),
+        ]
         for b in ("batch_1", "batch_256"):
-            rows.append((f"latency {b.replace('_', ' ')} (ms)", c["latency_ms"][b]["dense"],
-                         c["latency_ms"][b]["compacted"]))
+            rows.append(
+                (f"latency {b.replace('_', ' ')} (ms)", c["latency_ms"][b]["dense"], c["latency_ms"][b]["compacted"])
+            )
         for name, d, cc in rows:
             fmt = "{:>12.3f}" if isinstance(d, float) else "{:>12,}"
             print(f"  {name:<22}" + fmt.format(d) + fmt.format(cc) + f"{cc / d:>8.2f}")
@@ -300,8 +347,12 @@ def plot_history(res: dict[str, Any], path: Path) -> bool:
     top.set_ylabel("test accuracy (%)")
     top.set_title("WGSEF training: accuracy and active groups per layer")
     for i, layer in enumerate(layers):
-        bottom.plot(epochs, [100 * h["groups_kept"][i] / layer["groups_total"] for h in history],
-                    marker=".", label=f"{layer['name']} (k = {layer['k']})")
+        bottom.plot(
+            epochs,
+            [100 * h["groups_kept"][i] / layer["groups_total"] for h in history],
+            marker=".",
+            label=f"{layer['name']} (k = {layer['k']})",
+        )
     bottom.set_ylabel("groups kept (% of layer)")
     bottom.set_xlabel("epoch")
     bottom.legend(fontsize=8)
@@ -324,8 +375,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="wgsef-demo", help="folder for report.json")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("--plot", action="store_true",
-                        help="also write history.png (needs matplotlib)")
+    parser.add_argument("--plot", action="store_true", help="also write history.png (needs matplotlib)")
     args = parser.parse_args(argv)
     if not 0 < args.keep <= 1:
         parser.error("--keep must lie in (0, 1]")

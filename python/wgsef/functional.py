@@ -25,7 +25,7 @@ import torch
 from . import ops
 from .groups import GroupSpec, group_layout
 
-__all__ = ["group_norms", "value", "prox", "prox_"]
+__all__ = ["group_norms", "prox", "prox_", "value"]
 
 
 def _check_k(k: int) -> int:

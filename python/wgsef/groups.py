@@ -17,11 +17,11 @@ above; for ``"shapes"`` and ``"elements"`` it is the flat (row-major) index.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Union
+from typing import NamedTuple
 
 import torch
 
-GroupSpec = Union[str, tuple, torch.Tensor]
+GroupSpec = str | tuple | torch.Tensor
 
 GROUP_TYPES = ("filters", "channels", "shapes", "layer", "elements", "heads")
 
@@ -42,10 +42,7 @@ def _strided_shape(x: torch.Tensor, groups: str | tuple) -> tuple[int, int, int]
             raise ValueError(f"groups: expected ('heads', num_heads), got {groups!r}")
         h = groups[1]
         if x.dim() < 1 or h < 1 or shape[0] % h != 0:
-            raise ValueError(
-                f"groups: ('heads', {h}) needs num_heads >= 1 dividing x.shape[0], "
-                f"got x of shape {shape}"
-            )
+            raise ValueError(f"groups: ('heads', {h}) needs num_heads >= 1 dividing x.shape[0], got x of shape {shape}")
         return (1, h, n // h)
     if groups == "layer":
         return (1, 1, n)
@@ -62,14 +59,11 @@ def _strided_shape(x: torch.Tensor, groups: str | tuple) -> tuple[int, int, int]
             return (shape[0], shape[1], math.prod(shape[2:]))
         return (shape[0], math.prod(shape[1:]), 1)
     raise ValueError(
-        f"groups: expected one of {GROUP_TYPES[:-1]}, ('heads', h) or a tensor of group ids, "
-        f"got {groups!r}"
+        f"groups: expected one of {GROUP_TYPES[:-1]}, ('heads', h) or a tensor of group ids, got {groups!r}"
     )
 
 
-def group_layout(
-    x: torch.Tensor, groups: GroupSpec, weights: torch.Tensor | None = None
-) -> GroupLayout:
+def group_layout(x: torch.Tensor, groups: GroupSpec, weights: torch.Tensor | None = None) -> GroupLayout:
     """Resolve a group spec for ``x``; raises ValueError/TypeError naming the bad argument."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
@@ -78,9 +72,7 @@ def group_layout(
         if ids.dtype.is_floating_point or ids.is_complex() or ids.dtype == torch.bool:
             raise TypeError(f"groups: a group-id tensor must have an integer dtype, got {ids.dtype}")
         if ids.shape != x.shape:
-            raise ValueError(
-                f"groups: a group-id tensor must have x's shape {tuple(x.shape)}, got {tuple(ids.shape)}"
-            )
+            raise ValueError(f"groups: a group-id tensor must have x's shape {tuple(x.shape)}, got {tuple(ids.shape)}")
         if ids.device != x.device:
             raise ValueError(f"groups: group ids are on {ids.device}, x on {x.device}")
         ids = ids.to(torch.int64)

@@ -69,8 +69,7 @@ def _transformer(layers_count: int, d: int, ff: int, qkv_fused: bool, prefix: st
 
 def vit_b16() -> LayerShapes:
     """ViT-B/16: the patch conv, 12 blocks (fused qkv, out, MLP) and the head (86.3M)."""
-    return [("patch_embed", (768, 3, 16, 16)), *_transformer(12, 768, 3072, True, "blocks."),
-            ("head", (1000, 768))]
+    return [("patch_embed", (768, 3, 16, 16)), *_transformer(12, 768, 3072, True, "blocks."), ("head", (1000, 768))]
 
 
 def bert_base() -> LayerShapes:
@@ -84,5 +83,11 @@ def gpt2_small() -> LayerShapes:
     return _transformer(12, 768, 3072, True, "h.")
 
 
-MODELS = {"resnet18": resnet18, "resnet50": resnet50, "vgg16": vgg16, "vit_b16": vit_b16,
-          "bert_base": bert_base, "gpt2_small": gpt2_small}
+MODELS = {
+    "resnet18": resnet18,
+    "resnet50": resnet50,
+    "vgg16": vgg16,
+    "vit_b16": vit_b16,
+    "bert_base": bert_base,
+    "gpt2_small": gpt2_small,
+}

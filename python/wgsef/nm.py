@@ -236,8 +236,7 @@ class _DecayedNM(nn.Module):
         state = owner.current
         if state.phase == "dense":
             return w
-        out, _ = ops.nm_decay(w, state.n, state.m, self.dim, owner.decay_tensor,
-                              owner.grad_mode, owner.srste_weight)
+        out, _ = ops.nm_decay(w, state.n, state.m, self.dim, owner.decay_tensor, owner.grad_mode, owner.srste_weight)
         return out
 
 

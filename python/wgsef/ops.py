@@ -13,7 +13,14 @@ import torch
 from . import _C  # noqa: F401  (loading the extension registers the ops)
 
 __all__ = [
-    "group_norms", "value", "value_backward", "prox", "prox_", "prox_multi_", "nm_mask", "nm_decay",
+    "group_norms",
+    "nm_decay",
+    "nm_mask",
+    "prox",
+    "prox_",
+    "prox_multi_",
+    "value",
+    "value_backward",
 ]
 
 group_norms = torch.ops.wgsef.group_norms.default
@@ -74,9 +81,7 @@ def _value_backward_formula(ctx, grad):
     return grad_x, None, None, None, None
 
 
-torch.library.register_autograd(
-    "wgsef::value", _value_backward_formula, setup_context=_value_setup_context
-)
+torch.library.register_autograd("wgsef::value", _value_backward_formula, setup_context=_value_setup_context)
 
 
 @torch.library.register_fake("wgsef::nm_mask")
@@ -93,7 +98,7 @@ def _nm_decay_fake(w, n, m, dim, decay, grad_mode="ste", srste_weight=0.0):
 
 
 def _nm_decay_setup_context(ctx, inputs, output):
-    w, n, m, dim, decay, grad_mode, srste_weight = inputs
+    w, _, _, _, decay, grad_mode, srste_weight = inputs
     mask = output[1]
     ctx.mark_non_differentiable(mask)
     ctx.grad_mode = grad_mode
@@ -111,6 +116,4 @@ def _nm_decay_backward(ctx, grad_out, grad_mask):
     return grad, None, None, None, None, None, None
 
 
-torch.library.register_autograd(
-    "wgsef::nm_decay", _nm_decay_backward, setup_context=_nm_decay_setup_context
-)
+torch.library.register_autograd("wgsef::nm_decay", _nm_decay_backward, setup_context=_nm_decay_setup_context)

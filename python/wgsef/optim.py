@@ -76,9 +76,7 @@ class _ProxTerms:
                 w = torch.as_tensor(w, dtype=torch.float64, device=p.device)
             layout = group_layout(p, spec, w)
             if w is not None and w.numel() != layout.num_groups:
-                raise ValueError(
-                    f"weights: {name} has {layout.num_groups} groups, got {w.numel()} weights"
-                )
+                raise ValueError(f"weights: {name} has {layout.num_groups} groups, got {w.numel()} weights")
             if w is not None and not bool((w > 0).all() and torch.isfinite(w).all()):
                 raise ValueError(f"weights: must be positive and finite for {name}")
             self.layouts.append(layout.shape or (0, layout.num_groups, 0))
@@ -100,8 +98,9 @@ def _as_tensor(value: float | Tensor | Sequence[float]) -> Tensor:
     return torch.tensor(value, dtype=torch.float64)
 
 
-def _sgd_on_device(params: list[Tensor], grads: list[Tensor], bufs: list[Tensor | None], lr: Tensor,
-                   group: dict[str, Any]) -> None:
+def _sgd_on_device(
+    params: list[Tensor], grads: list[Tensor], bufs: list[Tensor | None], lr: Tensor, group: dict[str, Any]
+) -> None:
     """torch.optim.SGD's update with lr read from a device tensor: no host sync, so
     the step can be captured in a CUDA graph (after a first step created the buffers).
     """
@@ -128,14 +127,14 @@ def _sgd_on_device(params: list[Tensor], grads: list[Tensor], bufs: list[Tensor 
 
 
 def _check_lam(lam: Any, n: int, shared: bool) -> None:
-    values = lam.detach().reshape(-1).tolist() if isinstance(lam, Tensor) else (
-        list(lam) if isinstance(lam, (list, tuple)) else [lam]
+    values = (
+        lam.detach().reshape(-1).tolist()
+        if isinstance(lam, Tensor)
+        else (list(lam) if isinstance(lam, (list, tuple)) else [lam])
     )
     expected = 1 if shared else n
     if len(values) not in (1, expected):
-        raise ValueError(
-            f"lam: expected one value or one per parameter ({expected}), got {len(values)}"
-        )
+        raise ValueError(f"lam: expected one value or one per parameter ({expected}), got {len(values)}")
     for v in values:
         if not _is_number(v) or not (v >= 0 and math.isfinite(v)):
             raise ValueError(f"lam: expected finite values >= 0, got {lam!r}")
@@ -220,9 +219,21 @@ class ProxSGD(Optimizer):
         capturable: bool = False,
     ) -> None:
         defaults = dict(
-            lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-            nesterov=nesterov, maximize=maximize, foreach=foreach, fused=fused, differentiable=False,
-            lam=lam, k=k, groups=groups, weights=weights, shared_k=shared_k, capturable=capturable,
+            lr=lr,
+            momentum=momentum,
+            dampening=dampening,
+            weight_decay=weight_decay,
+            nesterov=nesterov,
+            maximize=maximize,
+            foreach=foreach,
+            fused=fused,
+            differentiable=False,
+            lam=lam,
+            k=k,
+            groups=groups,
+            weights=weights,
+            shared_k=shared_k,
+            capturable=capturable,
         )
         self._terms_by_group: dict[int, tuple[tuple, _ProxTerms]] = {}
         self._device_scalars: dict[tuple[int, str], tuple[Any, Tensor]] = {}
@@ -232,8 +243,11 @@ class ProxSGD(Optimizer):
         """The group's prox arguments, rebuilt only when its options or params change."""
         k = group["k"]
         key = (
-            tuple(id(p) for p in group["params"]), id(group["groups"]), id(group["weights"]),
-            tuple(k) if isinstance(k, (list, tuple)) else k, group["shared_k"],
+            tuple(id(p) for p in group["params"]),
+            id(group["groups"]),
+            id(group["weights"]),
+            tuple(k) if isinstance(k, (list, tuple)) else k,
+            group["shared_k"],
         )
         cached = self._terms_by_group.get(id(group))
         if cached is None or cached[0] != key:
@@ -311,11 +325,20 @@ class ProxSGD(Optimizer):
                 _sgd_on_device(params, grads, bufs, self._on_device(group, "lr", params[0].device), group)
             else:
                 sgd_functional(
-                    params, grads, bufs,
-                    weight_decay=group["weight_decay"], momentum=group["momentum"], lr=group["lr"],
-                    dampening=group["dampening"], nesterov=group["nesterov"],
-                    maximize=group["maximize"], has_sparse_grad=False, foreach=group["foreach"],
-                    fused=group["fused"], grad_scale=None, found_inf=None,
+                    params,
+                    grads,
+                    bufs,
+                    weight_decay=group["weight_decay"],
+                    momentum=group["momentum"],
+                    lr=group["lr"],
+                    dampening=group["dampening"],
+                    nesterov=group["nesterov"],
+                    maximize=group["maximize"],
+                    has_sparse_grad=False,
+                    foreach=group["foreach"],
+                    fused=group["fused"],
+                    grad_scale=None,
+                    found_inf=None,
                 )
             if group["momentum"] != 0:
                 for p, buf in zip(params, bufs):
@@ -490,7 +513,6 @@ def regularized_param_groups(
         add(f"{name}.weight", weight, spec)
     other = [(n, p) for n, p in model.named_parameters() if id(p) not in reg_ids and p.requires_grad]
     return [
-        {"params": reg_params, "names": reg_names, "groups": reg_specs, "k": k, "lam": lam,
-         "shared_k": shared_k},
+        {"params": reg_params, "names": reg_names, "groups": reg_specs, "k": k, "lam": lam, "shared_k": shared_k},
         {"params": [p for _, p in other], "names": [n for n, _ in other], "k": None},
     ]

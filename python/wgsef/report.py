@@ -32,17 +32,12 @@ class SparsityReport(list):
         for r in self:
             k = "-" if r.k is None else str(r.k)
             kept = f"{r.groups_kept}/{r.groups_total}"
-            lines.append(
-                f"{r.name:<{width}}  {str(r.shape):<20}{kept:>14}{k:>8}{100 * r.zero_fraction:>8.1f}%"
-            )
+            lines.append(f"{r.name:<{width}}  {r.shape!s:<20}{kept:>14}{k:>8}{100 * r.zero_fraction:>8.1f}%")
         kept = sum(r.groups_kept for r in self)
         total = sum(r.groups_total for r in self)
         zeros = sum(r.zero_fraction * torch.Size(r.shape).numel() for r in self)
         numel = sum(torch.Size(r.shape).numel() for r in self)
-        lines.append(
-            f"{'total':<{width}}  {'':<20}{f'{kept}/{total}':>14}{'':>8}"
-            f"{100 * zeros / max(numel, 1):>8.1f}%"
-        )
+        lines.append(f"{'total':<{width}}  {'':<20}{f'{kept}/{total}':>14}{'':>8}{100 * zeros / max(numel, 1):>8.1f}%")
         return "\n".join(lines)
 
 
