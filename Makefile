@@ -21,7 +21,7 @@ DEPS   := $(VENV)/.deps-installed
 BUILT  := $(VENV)/.wgsef-installed
 SOURCES := $(shell find csrc python -type f -not -name '*.pyc') CMakeLists.txt pyproject.toml
 
-.PHONY: install demo test test-all bench cuda-check clean
+.PHONY: install demo test test-all lint format bench cuda-check clean
 
 install: $(BUILT)
 
@@ -43,6 +43,19 @@ test: install
 
 test-all: install
 	$(BIN)/python -m pytest -q -m ''
+
+# ruff (pyproject.toml) and clang-format (.clang-format) over the tracked sources;
+# `make format` applies both
+CXX_SOURCES = $(shell git ls-files 'csrc/*.h' 'csrc/*.cpp' 'csrc/*.cu' 'csrc/*.cuh')
+lint: $(DEPS)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/clang-format --dry-run -Werror $(CXX_SOURCES)
+
+format: $(DEPS)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+	$(BIN)/clang-format -i $(CXX_SOURCES)
 
 # the benchmark suite; BENCH_ARGS=--quick for the ~1 minute subset
 bench: install

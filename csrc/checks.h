@@ -30,16 +30,16 @@ inline void check_floating_x(const char* op, const at::Tensor& x) {
 }
 
 inline GroupLayout check_group_layout(const char* op, const at::Tensor& x,
-                                  const std::optional<at::Tensor>& group_ids,
-                                  int64_t num_groups) {
+                                      const std::optional<at::Tensor>& group_ids,
+                                      int64_t num_groups) {
   check_floating_x(op, x);
   GroupLayout g;
   if (group_ids.has_value()) {
     const at::Tensor& ids = *group_ids;
     TORCH_CHECK_TYPE(ids.scalar_type() == at::kLong, "wgsef.", op,
                      ": group_ids must be an int64 tensor, got ", ids.scalar_type());
-    TORCH_CHECK_VALUE(ids.sizes() == x.sizes(), "wgsef.", op,
-                      ": group_ids must have x's shape ", x.sizes(), ", got ", ids.sizes());
+    TORCH_CHECK_VALUE(ids.sizes() == x.sizes(), "wgsef.", op, ": group_ids must have x's shape ",
+                      x.sizes(), ", got ", ids.sizes());
     TORCH_CHECK_VALUE(ids.device() == x.device(), "wgsef.", op,
                       ": group_ids must be on x's device ", x.device(), ", got ", ids.device());
     TORCH_CHECK_VALUE(num_groups >= 0, "wgsef.", op,
@@ -82,9 +82,8 @@ inline void attach_weights(const char* op, GroupLayout& g, const at::Tensor& x,
 
 inline void check_host_weights(const char* op, const double* d, int64_t m) {
   for (int64_t i = 0; i < m; ++i) {
-    TORCH_CHECK_VALUE(d[i] > 0.0 && d[i] < std::numeric_limits<double>::infinity(), "wgsef.",
-                      op, ": weights must be positive and finite, got weights[", i,
-                      "] = ", d[i]);
+    TORCH_CHECK_VALUE(d[i] > 0.0 && d[i] < std::numeric_limits<double>::infinity(), "wgsef.", op,
+                      ": weights must be positive and finite, got weights[", i, "] = ", d[i]);
   }
 }
 
@@ -140,9 +139,9 @@ inline GroupedTensor check_grouped_tensor(const char* op, const at::Tensor& x, i
 // The list arguments of prox_multi_ (every backend): layout, ids, weights,
 // budgets and strengths agree with the number of tensors.
 inline void check_term_lists(const char* op, int64_t n, at::IntArrayRef layout,
-                      const c10::List<std::optional<at::Tensor>>& group_ids,
-                      const c10::List<std::optional<at::Tensor>>& weights, at::IntArrayRef k,
-                      const at::Tensor& lam, const at::Tensor& lr, bool shared) {
+                             const c10::List<std::optional<at::Tensor>>& group_ids,
+                             const c10::List<std::optional<at::Tensor>>& weights, at::IntArrayRef k,
+                             const at::Tensor& lam, const at::Tensor& lr, bool shared) {
   TORCH_CHECK_VALUE(static_cast<int64_t>(layout.size()) == 3 * n, "wgsef.", op,
                     ": layout must have 3 entries per tensor (", 3 * n, "), got ", layout.size());
   TORCH_CHECK_VALUE(group_ids.empty() || static_cast<int64_t>(group_ids.size()) == n, "wgsef.", op,
@@ -163,7 +162,8 @@ struct NMLayout {
   int64_t outer, length, inner;  // w viewed as (outer, length, inner); groups run along length
 };
 
-inline NMLayout check_nm_args(const char* op, const at::Tensor& w, int64_t n, int64_t m, int64_t dim) {
+inline NMLayout check_nm_args(const char* op, const at::Tensor& w, int64_t n, int64_t m,
+                              int64_t dim) {
   check_floating_x(op, w);
   TORCH_CHECK_VALUE(m >= 1, "wgsef.", op, ": m must be >= 1, got ", m);
   TORCH_CHECK_VALUE(n >= 0 && n <= m, "wgsef.", op, ": n must lie in [0, m = ", m, "], got ", n);
@@ -182,14 +182,17 @@ inline NMLayout check_nm_args(const char* op, const at::Tensor& w, int64_t n, in
 
 // nm_decay's decay D (read on the host: the kernels take it by value),
 // grad_mode and srste_weight; returns D.
-inline double check_nm_decay_args(const at::Tensor& decay, c10::string_view grad_mode, double srste_weight) {
-  TORCH_CHECK_VALUE(decay.numel() == 1, "wgsef.nm_decay: decay must be a one-element tensor, got shape ",
+inline double check_nm_decay_args(const at::Tensor& decay, c10::string_view grad_mode,
+                                  double srste_weight) {
+  TORCH_CHECK_VALUE(decay.numel() == 1,
+                    "wgsef.nm_decay: decay must be a one-element tensor, got shape ",
                     decay.sizes());
   const double d = decay.item<double>();
   TORCH_CHECK_VALUE(d >= 0.0 && d <= 1.0, "wgsef.nm_decay: decay must lie in [0, 1], got ", d);
   TORCH_CHECK_VALUE(grad_mode == "ste" || grad_mode == "scaled",
                     "wgsef.nm_decay: grad_mode must be 'ste' or 'scaled', got '", grad_mode, "'");
-  TORCH_CHECK_VALUE(srste_weight >= 0.0, "wgsef.nm_decay: srste_weight must be >= 0, got ", srste_weight);
+  TORCH_CHECK_VALUE(srste_weight >= 0.0, "wgsef.nm_decay: srste_weight must be >= 0, got ",
+                    srste_weight);
   return d;
 }
 

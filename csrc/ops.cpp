@@ -9,8 +9,7 @@
 
 TORCH_LIBRARY(wgsef, m) {
   m.set_python_module("wgsef.ops");
-  m.def(
-      "group_norms(Tensor x, Tensor? group_ids=None, int num_groups=-1) -> Tensor");
+  m.def("group_norms(Tensor x, Tensor? group_ids=None, int num_groups=-1) -> Tensor");
   m.def(
       "value(Tensor x, int k, Tensor? weights=None, Tensor? group_ids=None, "
       "int num_groups=-1) -> Tensor");

@@ -45,7 +45,8 @@ WGSEF_ALWAYS_INLINE void scale_loop(const float* src, float* dst, int64_t n, flo
   for (int64_t i = 0; i < n; ++i) dst[i] = src[i] * factor;
 }
 
-WGSEF_ALWAYS_INLINE void scale_each_loop(const float* src, float* dst, const float* factors, int64_t n) {
+WGSEF_ALWAYS_INLINE void scale_each_loop(const float* src, float* dst, const float* factors,
+                                         int64_t n) {
   for (int64_t i = 0; i < n; ++i) dst[i] = src[i] * factors[i];
 }
 
@@ -53,11 +54,12 @@ WGSEF_ALWAYS_INLINE void scale_each_loop(const float* src, float* dst, const flo
 __attribute__((target("avx2,fma"))) double sum_squares_avx2(const float* p, int64_t n) {
   return sum_squares_lanes<8>(p, n);
 }
-__attribute__((target("avx2,fma"))) void scale_avx2(const float* src, float* dst, int64_t n, float factor) {
+__attribute__((target("avx2,fma"))) void scale_avx2(const float* src, float* dst, int64_t n,
+                                                    float factor) {
   scale_loop(src, dst, n, factor);
 }
-__attribute__((target("avx2,fma"))) void scale_each_avx2(const float* src, float* dst, const float* factors,
-                                                     int64_t n) {
+__attribute__((target("avx2,fma"))) void scale_each_avx2(const float* src, float* dst,
+                                                         const float* factors, int64_t n) {
   scale_each_loop(src, dst, factors, n);
 }
 #endif

@@ -45,17 +45,18 @@ void strided_scale(const T* src, T* dst, int64_t A, int64_t G, int64_t C,
   const int64_t rows = A * G;
   at::parallel_for(0, rows, std::max<int64_t>(1, kGrain / std::max<int64_t>(C, 1)),
                    [&](int64_t r0, int64_t r1) {
-    if (C == 1) {
-      // consecutive elements belong to consecutive groups: vectorise over g
-      for (int64_t r = r0; r < r1;) {
-        const int64_t g = r % G, len = std::min(r1 - r, G - g);
-        scale_each_run(src + r, dst + r, f + g, len);
-        r += len;
-      }
-      return;
-    }
-    for (int64_t r = r0; r < r1; ++r) scale_run(src + r * C, dst + r * C, C, f[r % G]);
-  });
+                     if (C == 1) {
+                       // consecutive elements belong to consecutive groups: vectorise over g
+                       for (int64_t r = r0; r < r1;) {
+                         const int64_t g = r % G, len = std::min(r1 - r, G - g);
+                         scale_each_run(src + r, dst + r, f + g, len);
+                         r += len;
+                       }
+                       return;
+                     }
+                     for (int64_t r = r0; r < r1; ++r)
+                       scale_run(src + r * C, dst + r * C, C, f[r % G]);
+                   });
 }
 
 template <typename T>
@@ -72,7 +73,9 @@ PooledBuffer<double> group_sq_norms(const at::Tensor& x, const GroupLayout& g) {
   PooledBuffer<double> out(g.num_groups);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "group_sq_norms", [&] {
     const scalar_t* px = x.const_data_ptr<scalar_t>();
-    const auto run_sq = [px](int64_t begin, int64_t len) { return run_sum_squares(px + begin, len); };
+    const auto run_sq = [px](int64_t begin, int64_t len) {
+      return run_sum_squares(px + begin, len);
+    };
     const auto row_sq = [px](int64_t begin, int64_t len, double* acc) {
       for (int64_t j = 0; j < len; ++j) {
         const double v = static_cast<double>(px[begin + j]);
@@ -80,7 +83,8 @@ PooledBuffer<double> group_sq_norms(const at::Tensor& x, const GroupLayout& g) {
       }
     };
     if (g.group_ids.defined()) {
-      id_group_sums(g.group_ids.const_data_ptr<int64_t>(), x.numel(), g.num_groups, out.data(), run_sq);
+      id_group_sums(g.group_ids.const_data_ptr<int64_t>(), x.numel(), g.num_groups, out.data(),
+                    run_sq);
     } else {
       strided_group_sums(g.outer, g.num_groups, g.inner, out.data(), run_sq, row_sq);
     }

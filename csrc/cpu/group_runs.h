@@ -35,7 +35,8 @@ inline double sum_squares(const T* p, int64_t n) {
     double t[4] = {0.0, 0.0, 0.0, 0.0};
     int64_t i = 0;
     for (; i + 4 <= n; i += 4) {
-      for (int j = 0; j < 4; ++j) t[j] += static_cast<double>(p[i + j]) * static_cast<double>(p[i + j]);
+      for (int j = 0; j < 4; ++j)
+        t[j] += static_cast<double>(p[i + j]) * static_cast<double>(p[i + j]);
     }
     for (; i < n; ++i) t[0] += static_cast<double>(p[i]) * static_cast<double>(p[i]);
     return (t[0] + t[1]) + (t[2] + t[3]);
@@ -70,8 +71,8 @@ inline double sum_squares(const T* p, int64_t n) {
 template <typename AccumulateChunk>
 void chunked_partials(int64_t n, int64_t G, double* out, const AccumulateChunk& accumulate,
                       int64_t grain = kGrain) {
-  const int64_t chunks = std::max<int64_t>(
-      1, std::min<int64_t>(at::get_num_threads(), (n + grain - 1) / grain));
+  const int64_t chunks =
+      std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), (n + grain - 1) / grain));
   std::vector<double> partial(static_cast<size_t>(chunks * G), 0.0);
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c)
@@ -91,9 +92,12 @@ void strided_group_sums(int64_t A, int64_t G, int64_t C, double* out, const RunS
     // Row after row of consecutive groups: split the rows between threads, each
     // with its own accumulators (splitting the columns instead makes the
     // threads stream interleaved halves of every row, which is slower).
-    chunked_partials(A, G, out, [&](int64_t a0, int64_t a1, double* acc) {
-      for (int64_t a = a0; a < a1; ++a) row_sq(a * G, G, acc);
-    }, std::max<int64_t>(1, kGrain / std::max<int64_t>(G, 1)));
+    chunked_partials(
+        A, G, out,
+        [&](int64_t a0, int64_t a1, double* acc) {
+          for (int64_t a = a0; a < a1; ++a) row_sq(a * G, G, acc);
+        },
+        std::max<int64_t>(1, kGrain / std::max<int64_t>(G, 1)));
     return;
   }
   if (G >= 4 * at::get_num_threads()) {

@@ -10,7 +10,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "../checks.h"
+#include "../nm_ops.h"
 #include "fresh_output.h"
 #include "nm_select.h"
 #include "wgsef/nm.h"
@@ -58,7 +58,8 @@ template <typename T>
 void nm_kernel(const T* w, bool* mask, T* out, const NMLayout& l, int64_t n, int64_t m,
                double decay) {
   using select_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
-  using scratch_t = std::conditional_t<std::is_same_v<T, double>, std::vector<uint64_t>, SelectBuffers>;
+  using scratch_t =
+      std::conditional_t<std::is_same_v<T, double>, std::vector<uint64_t>, SelectBuffers>;
   constexpr bool in_place = std::is_same_v<T, select_t>;
   const int64_t blocks = l.length / m;  // groups per (outer, inner) line
   const int64_t tasks = l.outer * blocks;
@@ -74,7 +75,8 @@ void nm_kernel(const T* w, bool* mask, T* out, const NMLayout& l, int64_t n, int
   const int64_t per_task = std::max<int64_t>(1, m * l.inner);
   at::parallel_for(0, tasks, std::max<int64_t>(1, 32768 / per_task), [&](int64_t t0, int64_t t1) {
     scratch_t scratch(static_cast<size_t>(4 * m));
-    std::vector<select_t> values(in_place && l.inner == 1 ? 0 : static_cast<size_t>(block_groups * m));
+    std::vector<select_t> values(in_place && l.inner == 1 ? 0
+                                                          : static_cast<size_t>(block_groups * m));
     std::vector<uint8_t> keep(static_cast<size_t>(block_groups * m));
     if (l.inner == 1) {
       // tasks are consecutive groups of one contiguous array
@@ -84,7 +86,8 @@ void nm_kernel(const T* w, bool* mask, T* out, const NMLayout& l, int64_t n, int
         if constexpr (prefetch) {
           const int64_t ahead = first + kPrefetchBlocks * count;
           const int64_t end = std::min(total, ahead + count);
-          for (int64_t e = ahead; e < end; e += kCacheLine / static_cast<int64_t>(sizeof(T))) __builtin_prefetch(w + e);
+          for (int64_t e = ahead; e < end; e += kCacheLine / static_cast<int64_t>(sizeof(T)))
+            __builtin_prefetch(w + e);
         }
         const select_t* block;
         if constexpr (in_place) {
@@ -105,7 +108,8 @@ void nm_kernel(const T* w, bool* mask, T* out, const NMLayout& l, int64_t n, int
       for (int64_t i0 = 0; i0 < l.inner; i0 += block_groups) {
         const int64_t positions = std::min(block_groups, l.inner - i0);
         for (int64_t i = 0; i < positions; ++i) {
-          for (int64_t j = 0; j < m; ++j) values[i * m + j] = static_cast<select_t>(w[base + i0 + i + j * l.inner]);
+          for (int64_t j = 0; j < m; ++j)
+            values[i * m + j] = static_cast<select_t>(w[base + i0 + i + j * l.inner]);
         }
         select_groups(values.data(), positions * m, m, n, keep.data(), scratch);
         for (int64_t i = 0; i < positions; ++i) {
@@ -116,38 +120,23 @@ void nm_kernel(const T* w, bool* mask, T* out, const NMLayout& l, int64_t n, int
   });
 }
 
-// The mask is written only when keep_mask; the decayed weight only when decay is given.
-std::tuple<at::Tensor, at::Tensor> run(const char* op, const at::Tensor& w, int64_t n, int64_t m,
-                                       int64_t dim, std::optional<double> decay, bool keep_mask) {
+std::tuple<at::Tensor, at::Tensor> nm_pass(const char* op, const at::Tensor& w, int64_t n,
+                                           int64_t m, int64_t dim, std::optional<double> decay,
+                                           bool keep_mask) {
   const NMLayout l = check_nm_args(op, w, n, m, dim);
   const at::Tensor wc = w.contiguous();
-  at::Tensor mask = empty_output(keep_mask ? wc.sizes() : at::IntArrayRef{0}, wc.options().dtype(at::kBool));
+  at::Tensor mask =
+      empty_output(keep_mask ? wc.sizes() : at::IntArrayRef{0}, wc.options().dtype(at::kBool));
   at::Tensor out = decay ? empty_output(wc.sizes(), wc.options()) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, wc.scalar_type(), "nm_kernel", [&] {
     nm_kernel(wc.const_data_ptr<scalar_t>(), keep_mask ? mask.mutable_data_ptr<bool>() : nullptr,
-              decay ? out.mutable_data_ptr<scalar_t>() : nullptr, l, n, m,
-              decay.value_or(0.0));
+              decay ? out.mutable_data_ptr<scalar_t>() : nullptr, l, n, m, decay.value_or(0.0));
   });
   return {out, mask};
 }
 
-at::Tensor nm_mask(const at::Tensor& w, int64_t n, int64_t m, int64_t dim) {
-  return std::get<1>(run("nm_mask", w, n, m, dim, std::nullopt, true));
-}
-
-std::tuple<at::Tensor, at::Tensor> nm_decay(const at::Tensor& w, int64_t n, int64_t m, int64_t dim,
-                                            const at::Tensor& decay, c10::string_view grad_mode,
-                                            double srste_weight) {
-  const double d = check_nm_decay_args(decay, grad_mode, srste_weight);
-  // the backward needs the mask only to scale the gradient or add the SR-STE term
-  return run("nm_decay", w, n, m, dim, d, grad_mode == "scaled" || srste_weight > 0.0);
-}
-
 }  // namespace
 
-TORCH_LIBRARY_IMPL(wgsef, CPU, m) {
-  m.impl("nm_mask", &nm_mask);
-  m.impl("nm_decay", &nm_decay);
-}
+TORCH_LIBRARY_IMPL(wgsef, CPU, m) { register_nm_ops<&nm_pass>(m); }
 
 }  // namespace wgsef::cpu

@@ -68,7 +68,8 @@ WGSEF_ALWAYS_INLINE lanes_t<W> load(const uint32_t* p) {
 // low byte of each lane is picked by a byte shuffle (a converting cast would
 // go lane by lane).
 template <int W, int... L>
-WGSEF_ALWAYS_INLINE void store_keep(lanes_t<W> kept, uint8_t* keep, std::integer_sequence<int, L...>) {
+WGSEF_ALWAYS_INLINE void store_keep(lanes_t<W> kept, uint8_t* keep,
+                                    std::integer_sequence<int, L...>) {
   const auto bytes = reinterpret_cast<typename Lanes<W>::i32_as_u8>(kept & 1);
   const typename Lanes<W>::u8 low = __builtin_shufflevector(bytes, bytes, (4 * L)...);
   std::memcpy(keep, &low, sizeof low);
@@ -187,7 +188,8 @@ WGSEF_ALWAYS_INLINE lanes_t<W> spread(lanes_t<W> v, Combine combine) {
   if constexpr (S == 0) {
     return v;
   } else {
-    return spread<W, S / 2>(combine(v, swap_xor<W, S>(v, std::make_integer_sequence<int, W>{})), combine);
+    return spread<W, S / 2>(combine(v, swap_xor<W, S>(v, std::make_integer_sequence<int, W>{})),
+                            combine);
   }
 }
 template <int W>
@@ -234,7 +236,8 @@ WGSEF_ALWAYS_INLINE void first_max_fixed(const float* w, int64_t count, uint8_t*
     for (int v = 1; v < V; ++v) best = lanes_max<W>(best, key[v]);
     best = spread_max<W>(best);
     lanes_t<W> first = lanes_t<W>{} + M;
-    for (int v = V - 1; v >= 0; --v) first = lanes_min<W>(first, key[v] == best ? lane + v * W : first);
+    for (int v = V - 1; v >= 0; --v)
+      first = lanes_min<W>(first, key[v] == best ? lane + v * W : first);
     // one kept entry: clear the group's bytes and set one
     std::memset(keep + g, 0, M);
     keep[g + spread_min<W>(first)[0]] = 1;
@@ -276,8 +279,10 @@ WGSEF_ALWAYS_INLINE void first_max_of_eight(const float* w, int64_t count, uint8
     lanes_t<8> first = lanes_t<8>{} + 7;
     for (int j = 6; j >= 0; --j) first = c[j] == best ? lanes_t<8>{} + j : first;
     // group g's eight keep bytes as one little-endian word: byte first[g] is 1
-    const u64x4 shift_lo = __builtin_convertvector(__builtin_shufflevector(first, first, 0, 1, 2, 3), u64x4);
-    const u64x4 shift_hi = __builtin_convertvector(__builtin_shufflevector(first, first, 4, 5, 6, 7), u64x4);
+    const u64x4 shift_lo =
+        __builtin_convertvector(__builtin_shufflevector(first, first, 0, 1, 2, 3), u64x4);
+    const u64x4 shift_hi =
+        __builtin_convertvector(__builtin_shufflevector(first, first, 4, 5, 6, 7), u64x4);
     const u64x4 one = u64x4{} + 1;
     const u64x4 words[2] = {one << (shift_lo * 8), one << (shift_hi * 8)};
     std::memcpy(keep + e, words, sizeof words);
@@ -343,9 +348,10 @@ constexpr PackOrder kPackOrder = make_pack_order();
 __attribute__((target("avx2"))) inline int lane_bits_avx2(lanes_t<8> mask) {
   return _mm256_movemask_ps(_mm256_castsi256_ps(reinterpret_cast<__m256i>(mask)));
 }
-__attribute__((target("avx2"))) inline int64_t append_indices_avx2(int bits, int32_t first, uint32_t* index,
-                                                                  int64_t count) {
-  const __m256i order = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kPackOrder.lanes[bits]));
+__attribute__((target("avx2"))) inline int64_t append_indices_avx2(int bits, int32_t first,
+                                                                   uint32_t* index, int64_t count) {
+  const __m256i order =
+      _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kPackOrder.lanes[bits]));
   // eight lanes are stored whatever the count; the buffer has room
   const __m256i indices = _mm256_add_epi32(order, _mm256_set1_epi32(first));
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(index + count), indices);
@@ -365,7 +371,8 @@ WGSEF_ALWAYS_INLINE int lane_bits(lanes_t<W> mask) {
 // in order, without branches; returns the new count. index needs room for W
 // entries past the count.
 template <int W>
-WGSEF_ALWAYS_INLINE int64_t append_indices(int bits, int32_t first, uint32_t* index, int64_t count) {
+WGSEF_ALWAYS_INLINE int64_t append_indices(int bits, int32_t first, uint32_t* index,
+                                           int64_t count) {
 #ifdef WGSEF_X86_AVX2
   if constexpr (W == 8) return append_indices_avx2(bits, first, index, count);
 #endif
@@ -403,8 +410,8 @@ WGSEF_ALWAYS_INLINE uint32_t rank_candidates(const uint32_t* cand_key, const uin
 constexpr int64_t kMaxRankedCandidates = 48;
 template <int W, int V = 1, int V_MAX = kMaxRankedCandidates / W>
 WGSEF_ALWAYS_INLINE bool rank_few_candidates(const uint32_t* cand_key, const uint32_t* cand_index,
-                                             int64_t vectors, int64_t count, int64_t n, uint8_t* keep,
-                                             uint32_t& nth) {
+                                             int64_t vectors, int64_t count, int64_t n,
+                                             uint8_t* keep, uint32_t& nth) {
   if constexpr (V > V_MAX) {
     return false;
   } else {
@@ -437,11 +444,12 @@ constexpr int64_t hint_candidates(int64_t n) { return n + n / 2 + 4; }
 
 // The indices of the keys of w[0, m) at or above bound, in order.
 template <int W>
-WGSEF_ALWAYS_INLINE int64_t gather_candidates(const float* w, int64_t m, int32_t bound, uint32_t* cand_index) {
+WGSEF_ALWAYS_INLINE int64_t gather_candidates(const float* w, int64_t m, int32_t bound,
+                                              uint32_t* cand_index) {
   int64_t count = 0;
   for (int64_t v = 0; v < m; v += W) {
-    count = append_indices<W>(lane_bits<W>(load_magnitudes<W>(w + v) > bound - 1), static_cast<int32_t>(v),
-                              cand_index, count);
+    count = append_indices<W>(lane_bits<W>(load_magnitudes<W>(w + v) > bound - 1),
+                              static_cast<int32_t>(v), cand_index, count);
   }
   return count;
 }
@@ -490,7 +498,8 @@ WGSEF_ALWAYS_INLINE void select_large_group(const float* w, int64_t m, int64_t n
   // above `nth`; a bound moved linearly from these two aims at
   // hint_candidates(n) candidates.
   const int64_t top = nth, low = bound;
-  hint = static_cast<uint32_t>(std::max<int64_t>(0, top - (top - low) * (hint_candidates(n) - n) / (count - n + 1)));
+  hint = static_cast<uint32_t>(
+      std::max<int64_t>(0, top - (top - low) * (hint_candidates(n) - n) / (count - n + 1)));
 }
 
 #ifdef WGSEF_X86_AVX2
@@ -498,39 +507,49 @@ WGSEF_ALWAYS_INLINE void select_large_group(const float* w, int64_t m, int64_t n
 // own: flattening select_avx2 as a whole made its calls on short blocks (conv
 // layouts, 36 values per call) a fifth slower.
 __attribute__((target("avx2,fma"), flatten, noinline)) void select_large_groups_avx2(
-    const float* w, int64_t count, int64_t m, int64_t n, uint8_t* keep, uint32_t* scratch, uint32_t& hint) {
-  for (int64_t g = 0; g < count; g += m) select_large_group<8>(w + g, m, n, keep + g, scratch, hint);
+    const float* w, int64_t count, int64_t m, int64_t n, uint8_t* keep, uint32_t* scratch,
+    uint32_t& hint) {
+  for (int64_t g = 0; g < count; g += m)
+    select_large_group<8>(w + g, m, n, keep + g, scratch, hint);
 }
 #endif
 
 template <int W>
-WGSEF_ALWAYS_INLINE void select_lanes(const float* w, int64_t count, int64_t m, int64_t n, uint8_t* keep,
-                                      uint32_t* scratch, uint32_t& hint) {
+WGSEF_ALWAYS_INLINE void select_lanes(const float* w, int64_t count, int64_t m, int64_t n,
+                                      uint8_t* keep, uint32_t* scratch, uint32_t& hint) {
   const int rank_n = static_cast<int>(n);
   switch (m) {
-    case 4: return rank_groups<W, 4>(w, count, rank_n, keep);
+    case 4:
+      return rank_groups<W, 4>(w, count, rank_n, keep);
     case 8:
       if (n > 1) return rank_groups<W, 8>(w, count, rank_n, keep);
       if constexpr (W == 8) return first_max_of_eight(w, count, keep);
       return first_max_groups<W>(w, count, m, keep);
-    case 16: return n == 1 ? first_max_fixed<W, 16>(w, count, keep) : rank_groups<W, 16>(w, count, rank_n, keep);
-    case 32: return n == 1 ? first_max_fixed<W, 32>(w, count, keep) : rank_groups<W, 32>(w, count, rank_n, keep);
-    default: break;
+    case 16:
+      return n == 1 ? first_max_fixed<W, 16>(w, count, keep)
+                    : rank_groups<W, 16>(w, count, rank_n, keep);
+    case 32:
+      return n == 1 ? first_max_fixed<W, 32>(w, count, keep)
+                    : rank_groups<W, 32>(w, count, rank_n, keep);
+    default:
+      break;
   }
   if (m % W == 0 && n == 1) return first_max_groups<W>(w, count, m, keep);
   if (m % W == 0 && n <= slices_of<W>(m)) {
 #ifdef WGSEF_X86_AVX2
     if constexpr (W == 8) return select_large_groups_avx2(w, count, m, n, keep, scratch, hint);
 #endif
-    for (int64_t g = 0; g < count; g += m) select_large_group<W>(w + g, m, n, keep + g, scratch, hint);
+    for (int64_t g = 0; g < count; g += m)
+      select_large_group<W>(w + g, m, n, keep + g, scratch, hint);
     return;
   }
   nm::select_values(w, count, m, n, keep, scratch);
 }
 
 #ifdef WGSEF_X86_AVX2
-__attribute__((target("avx2,fma"))) void select_avx2(const float* w, int64_t count, int64_t m, int64_t n,
-                                                 uint8_t* keep, uint32_t* scratch, uint32_t& hint) {
+__attribute__((target("avx2,fma"))) void select_avx2(const float* w, int64_t count, int64_t m,
+                                                     int64_t n, uint8_t* keep, uint32_t* scratch,
+                                                     uint32_t& hint) {
   select_lanes<8>(w, count, m, n, keep, scratch, hint);
 }
 #endif

@@ -39,8 +39,8 @@ at::Tensor value_backward(const at::Tensor& grad, const at::Tensor& x, int64_t k
                           const std::optional<at::Tensor>& group_ids, int64_t num_groups) {
   GroupLayout g = check_group_layout("value_backward", x, group_ids, num_groups);
   check_k("value_backward", k);
-  TORCH_CHECK_VALUE(grad.numel() == 1, "wgsef.value_backward: grad must have one element, got shape ",
-                    grad.sizes());
+  TORCH_CHECK_VALUE(grad.numel() == 1,
+                    "wgsef.value_backward: grad must have one element, got shape ", grad.sizes());
   attach_weights("value_backward", g, x, weights);
   const double* d = host_weights("value_backward", g);
   const at::Tensor xc = x.contiguous();

@@ -3,7 +3,6 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
-
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -37,19 +36,36 @@ __device__ inline double warp_sum(double v) {
   return v;  // lane 0 holds the sum
 }
 
-// The entry whose block range [first_block[i], first_block[i + 1]) holds `block`.
-__device__ inline int entry_of(const int64_t* first_block, int count, int64_t block) {
-  int lo = 0, hi = count - 1;
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (first_block[mid] <= block) {
-      lo = mid;
-    } else {
-      hi = mid - 1;
-    }
+// The tensors of one multi-tensor launch, passed to the kernel by value: entry
+// i owns the thread blocks [first_block[i], first_block[i + 1]).
+template <typename Entry>
+struct BlockTable {
+  Entry e[kMaxEntries];
+  int64_t first_block[kMaxEntries];
+  int count = 0;
+  int64_t blocks = 0;  // the launch's grid size
+
+  bool full() const { return count == kMaxEntries; }
+  void add(const Entry& entry, int64_t entry_blocks) {
+    e[count] = entry;
+    first_block[count++] = blocks;
+    blocks += entry_blocks;
   }
-  return lo;
-}
+  // The entry that owns this thread block; `block` gets its index in that entry.
+  __device__ const Entry& locate(int64_t& block) const {
+    int lo = 0, hi = count - 1;
+    while (lo < hi) {
+      const int mid = (lo + hi + 1) / 2;
+      if (first_block[mid] <= static_cast<int64_t>(blockIdx.x)) {
+        lo = mid;
+      } else {
+        hi = mid - 1;
+      }
+    }
+    block = blockIdx.x - first_block[lo];
+    return e[lo];
+  }
+};
 
 // A non-negative scalar argument read on the device (a CUDA tensor, so that
 // a captured graph sees later values) or passed by value (a CPU tensor).

@@ -15,7 +15,7 @@
 
 #include <type_traits>
 
-#include "../checks.h"
+#include "../nm_ops.h"
 #include "cuda_common.cuh"
 #include "wgsef/nm.h"
 
@@ -53,7 +53,8 @@ __global__ void __launch_bounds__(kThreads)
   using acc_t = at::opmath_type<T>;
   using K = KeyOf<T>;
   const acc_t dv = static_cast<acc_t>(decay);
-  for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < groups; t += int64_t(gridDim.x) * blockDim.x) {
+  for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < groups;
+       t += int64_t(gridDim.x) * blockDim.x) {
     Group<T, M> v = reinterpret_cast<const Group<T, M>*>(w)[t];
     K key[M];
 #pragma unroll
@@ -74,7 +75,8 @@ __global__ void __launch_bounds__(kThreads)
       for (int j = 0; j < M; ++j) {
         int rank = 0;
 #pragma unroll
-        for (int i = 0; i < M; ++i) rank += i < j ? key[i] >= key[j] : (i > j ? key[i] > key[j] : 0);
+        for (int i = 0; i < M; ++i)
+          rank += i < j ? key[i] >= key[j] : (i > j ? key[i] > key[j] : 0);
         keep[j] = rank < n;
       }
     }
@@ -97,13 +99,14 @@ __global__ void __launch_bounds__(kThreads)
 // n-th largest key is found bit by bit (31 or 63 counting passes over the
 // group), then the keys above it and the first ties at it are kept.
 template <typename T>
-__global__ void nm_strided_kernel(const T* w, bool* mask, T* out, int64_t outer, int64_t length, int64_t inner,
-                                  int64_t n, int64_t m, double decay) {
+__global__ void nm_strided_kernel(const T* w, bool* mask, T* out, int64_t outer, int64_t length,
+                                  int64_t inner, int64_t n, int64_t m, double decay) {
   using acc_t = at::opmath_type<T>;
   using K = KeyOf<T>;
   const int64_t blocks = length / m;
   const int64_t groups = outer * blocks * inner;
-  for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < groups; t += int64_t(gridDim.x) * blockDim.x) {
+  for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < groups;
+       t += int64_t(gridDim.x) * blockDim.x) {
     const int64_t i = t % inner, ob = t / inner;
     const int64_t base = ((ob / blocks) * length + (ob % blocks) * m) * inner + i;
     const auto key = [&](int64_t j) { return key_of(w[base + j * inner]); };
@@ -131,18 +134,21 @@ __global__ void nm_strided_kernel(const T* w, bool* mask, T* out, int64_t outer,
       }
       const int64_t e = base + j * inner;
       if (mask) mask[e] = keep;
-      if (out) out[e] = static_cast<T>(static_cast<acc_t>(w[e]) * (keep ? acc_t(1) : static_cast<acc_t>(decay)));
+      if (out)
+        out[e] = static_cast<T>(static_cast<acc_t>(w[e]) *
+                                (keep ? acc_t(1) : static_cast<acc_t>(decay)));
     }
   }
 }
 
 template <typename T>
-bool launch_contiguous(const T* w, bool* mask, T* out, int64_t groups, int64_t n, int64_t m, double decay,
-                       cudaStream_t stream) {
+bool launch_contiguous(const T* w, bool* mask, T* out, int64_t groups, int64_t n, int64_t m,
+                       double decay, cudaStream_t stream) {
   const auto run = [&](auto M) {
     // group starts are multiples of M elements: aligned when the bases are
     constexpr int64_t kAlign = std::min<int64_t>(16, M * sizeof(T));
-    if (reinterpret_cast<uintptr_t>(w) % kAlign != 0 || (out && reinterpret_cast<uintptr_t>(out) % kAlign != 0) ||
+    if (reinterpret_cast<uintptr_t>(w) % kAlign != 0 ||
+        (out && reinterpret_cast<uintptr_t>(out) % kAlign != 0) ||
         (mask && reinterpret_cast<uintptr_t>(mask) % std::min<int64_t>(16, M) != 0))
       return false;
     nm_contiguous_kernel<T, decltype(M)::value>
@@ -151,20 +157,27 @@ bool launch_contiguous(const T* w, bool* mask, T* out, int64_t groups, int64_t n
     return true;
   };
   switch (m) {
-    case 4: return run(std::integral_constant<int, 4>{});
-    case 8: return run(std::integral_constant<int, 8>{});
-    case 16: return run(std::integral_constant<int, 16>{});
-    case 32: return run(std::integral_constant<int, 32>{});
-    default: return false;
+    case 4:
+      return run(std::integral_constant<int, 4>{});
+    case 8:
+      return run(std::integral_constant<int, 8>{});
+    case 16:
+      return run(std::integral_constant<int, 16>{});
+    case 32:
+      return run(std::integral_constant<int, 32>{});
+    default:
+      return false;
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> nm_run(const char* op, const at::Tensor& w, int64_t n, int64_t m, int64_t dim,
-                                          std::optional<double> decay, bool keep_mask) {
+std::tuple<at::Tensor, at::Tensor> nm_pass(const char* op, const at::Tensor& w, int64_t n,
+                                           int64_t m, int64_t dim, std::optional<double> decay,
+                                           bool keep_mask) {
   const NMLayout l = check_nm_args(op, w, n, m, dim);
   const c10::cuda::CUDAGuard guard(w.device());
   const at::Tensor wc = w.contiguous();
-  at::Tensor mask = at::empty(keep_mask ? wc.sizes() : at::IntArrayRef{0}, wc.options().dtype(at::kBool));
+  at::Tensor mask =
+      at::empty(keep_mask ? wc.sizes() : at::IntArrayRef{0}, wc.options().dtype(at::kBool));
   at::Tensor out = decay ? at::empty_like(wc) : at::Tensor();
   const int64_t groups = l.outer * (l.length / m) * l.inner;
   if (groups == 0) return {out, mask};
@@ -173,7 +186,9 @@ std::tuple<at::Tensor, at::Tensor> nm_run(const char* op, const at::Tensor& w, i
     const scalar_t* src = wc.const_data_ptr<scalar_t>();
     bool* mask_ptr = keep_mask ? mask.mutable_data_ptr<bool>() : nullptr;
     scalar_t* out_ptr = decay ? out.mutable_data_ptr<scalar_t>() : nullptr;
-    if (l.inner == 1 && launch_contiguous(src, mask_ptr, out_ptr, groups, n, m, decay.value_or(0.0), stream)) return;
+    if (l.inner == 1 &&
+        launch_contiguous(src, mask_ptr, out_ptr, groups, n, m, decay.value_or(0.0), stream))
+      return;
     nm_strided_kernel<scalar_t><<<grid_stride_blocks(groups), kThreads, 0, stream>>>(
         src, mask_ptr, out_ptr, l.outer, l.length, l.inner, n, m, decay.value_or(0.0));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -181,21 +196,8 @@ std::tuple<at::Tensor, at::Tensor> nm_run(const char* op, const at::Tensor& w, i
   return {out, mask};
 }
 
-at::Tensor nm_mask(const at::Tensor& w, int64_t n, int64_t m, int64_t dim) {
-  return std::get<1>(nm_run("nm_mask", w, n, m, dim, std::nullopt, true));
-}
-
-std::tuple<at::Tensor, at::Tensor> nm_decay(const at::Tensor& w, int64_t n, int64_t m, int64_t dim,
-                                            const at::Tensor& decay, c10::string_view grad_mode, double srste_weight) {
-  const double dv = check_nm_decay_args(decay, grad_mode, srste_weight);
-  return nm_run("nm_decay", w, n, m, dim, dv, grad_mode == "scaled" || srste_weight > 0.0);
-}
-
 }  // namespace
 
-TORCH_LIBRARY_IMPL(wgsef, CUDA, m) {
-  m.impl("nm_mask", &nm_mask);
-  m.impl("nm_decay", &nm_decay);
-}
+TORCH_LIBRARY_IMPL(wgsef, CUDA, m) { register_nm_ops<&nm_pass>(m); }
 
 }  // namespace wgsef::cuda

@@ -33,6 +33,24 @@ constexpr int kWarps = kThreads / 32;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Runs one launch per run of up to kMaxEntries tensors of one dtype, in order:
+// add(table, i) adds tensors[i]'s entry (or skips it), launch(table, dtype) runs.
+template <typename Entry, typename Add, typename Launch>
+void launch_in_tables(const std::vector<GroupedTensor>& tensors, const std::vector<size_t>& indices,
+                      Add add, Launch launch) {
+  for (size_t begin = 0; begin < indices.size();) {
+    const at::ScalarType dtype = tensors[indices[begin]].data.scalar_type();
+    BlockTable<Entry> table{};
+    size_t end = begin;
+    for (;
+         end < indices.size() && !table.full() && tensors[indices[end]].data.scalar_type() == dtype;
+         ++end)
+      add(table, indices[end]);
+    begin = end;
+    if (table.count > 0) launch(table, dtype);
+  }
+}
+
 // ---------------------------------------------------------------- group norms
 
 struct NormEntry {
@@ -40,12 +58,6 @@ struct NormEntry {
   int64_t outer, groups, inner;
   double* out;
   bool by_thread;  // groups of fewer than 32 elements: a thread per group, else a warp
-};
-
-struct NormTable {
-  NormEntry e[kMaxEntries];
-  int64_t first_block[kMaxEntries];
-  int count;
 };
 
 // Squares of one 16-byte vector, summed in the op math type.
@@ -63,12 +75,12 @@ __device__ inline at::opmath_type<T> squares(const Vec<T, W>& v) {
 
 // ||x_g||^2 in float64, summed in a fixed order (deterministic).
 template <typename T>
-__global__ void __launch_bounds__(kThreads) group_sq_norms_kernel(const NormTable table) {
+__global__ void __launch_bounds__(kThreads)
+    group_sq_norms_kernel(const BlockTable<NormEntry> table) {
   constexpr int W = kVecWidth<T>;
   using V = Vec<T, W>;
-  const int entry = entry_of(table.first_block, table.count, blockIdx.x);
-  const NormEntry& e = table.e[entry];
-  const int64_t block = blockIdx.x - table.first_block[entry];
+  int64_t block;
+  const NormEntry& e = table.locate(block);
   const T* x = static_cast<const T*>(e.x);
   const int64_t A = e.outer, G = e.groups, C = e.inner;
   if (e.by_thread) {
@@ -125,9 +137,10 @@ __global__ void __launch_bounds__(kThreads) group_sq_norms_kernel(const NormTabl
 
 // Group ids: atomics (the summation order, and so the last bits, may vary).
 template <typename T>
-__global__ void id_sq_norms_kernel(const T* x, const int64_t* ids, int64_t n, int64_t G, double* out,
-                                   int* out_of_range) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+__global__ void id_sq_norms_kernel(const T* x, const int64_t* ids, int64_t n, int64_t G,
+                                   double* out, int* out_of_range) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t id = ids[i];
     if (id < 0 || id >= G) {
       *out_of_range = 1;
@@ -142,46 +155,49 @@ __global__ void id_sq_norms_kernel(const T* x, const int64_t* ids, int64_t n, in
 // on the host (a synchronisation); strided layouts never wait.
 void launch_sq_norms(const std::vector<GroupedTensor>& tensors, double* norms) {
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  std::vector<const GroupedTensor*> strided;
-  for (const GroupedTensor& t : tensors) {
+  std::vector<size_t> strided;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const GroupedTensor& t = tensors[i];
     if (!t.layout.group_ids.defined()) {
-      strided.push_back(&t);
+      strided.push_back(i);
       continue;
     }
     double* out = norms + t.offset;
     C10_CUDA_CHECK(cudaMemsetAsync(out, 0, sizeof(double) * t.layout.num_groups, stream));
     if (t.data.numel() == 0) continue;
     at::Tensor flag = at::zeros({1}, t.data.options().dtype(at::kInt));
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.data.scalar_type(), "id_sq_norms_cuda", [&] {
-      id_sq_norms_kernel<scalar_t><<<grid_stride_blocks(t.data.numel()), kThreads, 0, stream>>>(
-          t.data.const_data_ptr<scalar_t>(), t.layout.group_ids.const_data_ptr<int64_t>(), t.data.numel(),
-          t.layout.num_groups, out, flag.mutable_data_ptr<int>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-    TORCH_CHECK_VALUE(flag.item<int>() == 0, "wgsef: group_ids must lie in [0, num_groups = ", t.layout.num_groups,
-                      ")");
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, t.data.scalar_type(), "id_sq_norms_cuda", [&] {
+          id_sq_norms_kernel<scalar_t><<<grid_stride_blocks(t.data.numel()), kThreads, 0, stream>>>(
+              t.data.const_data_ptr<scalar_t>(), t.layout.group_ids.const_data_ptr<int64_t>(),
+              t.data.numel(), t.layout.num_groups, out, flag.mutable_data_ptr<int>());
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        });
+    TORCH_CHECK_VALUE(flag.item<int>() == 0,
+                      "wgsef: group_ids must lie in [0, num_groups = ", t.layout.num_groups, ")");
   }
-  for (size_t begin = 0; begin < strided.size();) {
-    const at::ScalarType dtype = strided[begin]->data.scalar_type();
-    NormTable table{};
-    int64_t blocks = 0;
-    size_t end = begin;
-    for (; end < strided.size() && table.count < kMaxEntries && strided[end]->data.scalar_type() == dtype; ++end) {
-      const GroupedTensor& t = *strided[end];
-      if (t.layout.num_groups == 0) continue;
-      const bool by_thread = t.layout.outer * t.layout.inner < 32;
-      table.e[table.count] = {t.data.const_data_ptr(), t.layout.outer, t.layout.num_groups, t.layout.inner, norms + t.offset,
-                              by_thread};
-      table.first_block[table.count++] = blocks;
-      blocks += ceil_div(t.layout.num_groups, by_thread ? kThreads : kWarps);
-    }
-    begin = end;
-    if (table.count == 0) continue;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "group_sq_norms_cuda", [&] {
-      group_sq_norms_kernel<scalar_t><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(table);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  }
+  launch_in_tables<NormEntry>(
+      tensors, strided,
+      [&](BlockTable<NormEntry>& table, size_t i) {
+        const GroupLayout& g = tensors[i].layout;
+        if (g.num_groups == 0) return;
+        const bool by_thread = g.outer * g.inner < 32;
+        table.add({.x = tensors[i].data.const_data_ptr(),
+                   .outer = g.outer,
+                   .groups = g.num_groups,
+                   .inner = g.inner,
+                   .out = norms + tensors[i].offset,
+                   .by_thread = by_thread},
+                  ceil_div(g.num_groups, by_thread ? kThreads : kWarps));
+      },
+      [&](const BlockTable<NormEntry>& table, at::ScalarType dtype) {
+        AT_DISPATCH_FLOATING_TYPES_AND2(
+            at::kHalf, at::kBFloat16, dtype, "group_sq_norms_cuda", [&] {
+              group_sq_norms_kernel<scalar_t>
+                  <<<static_cast<unsigned>(table.blocks), kThreads, 0, stream>>>(table);
+              C10_CUDA_KERNEL_LAUNCH_CHECK();
+            });
+      });
 }
 
 // ---------------------------------------------------------------- scaling
@@ -225,25 +241,20 @@ struct ScaleEntry {
   const double* factors;
 };
 
-struct ScaleTable {
-  ScaleEntry e[kMaxEntries];
-  int64_t first_block[kMaxEntries];
-  int count;
-};
-
 // dst = factors[group] * src, in place when dst == src.
 template <typename T>
-__global__ void __launch_bounds__(kThreads) scale_groups_kernel(const ScaleTable table) {
+__global__ void __launch_bounds__(kThreads)
+    scale_groups_kernel(const BlockTable<ScaleEntry> table) {
   using acc_t = at::opmath_type<T>;
   constexpr int W = kVecWidth<T>;
   using V = Vec<T, W>;
-  const int entry = entry_of(table.first_block, table.count, blockIdx.x);
-  const ScaleEntry& e = table.e[entry];
-  const int64_t block = blockIdx.x - table.first_block[entry];
+  int64_t block;
+  const ScaleEntry& e = table.locate(block);
   const T* src = static_cast<const T*>(e.src);
   T* dst = static_cast<T*>(e.dst);
   const int64_t n = e.numel, C = e.group.inner;
-  if (C % W == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0 && reinterpret_cast<uintptr_t>(dst) % 16 == 0) {
+  if (C % W == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0 &&
+      reinterpret_cast<uintptr_t>(dst) % 16 == 0) {
     const int64_t first = block * kThreads * kScaleUnroll + threadIdx.x, nv = n / W;
     V v[kScaleUnroll];
 #pragma unroll
@@ -263,20 +274,24 @@ __global__ void __launch_bounds__(kThreads) scale_groups_kernel(const ScaleTable
     for (int u = 0; u < kScaleUnroll * W; ++u) {
       const int64_t i = first + u * kThreads;
       if (i >= n) break;
-      dst[i] = static_cast<T>(static_cast<acc_t>(src[i]) * static_cast<acc_t>(e.factors[e.group(i)]));
+      dst[i] =
+          static_cast<T>(static_cast<acc_t>(src[i]) * static_cast<acc_t>(e.factors[e.group(i)]));
     }
   }
 }
 
 template <typename T>
-__global__ void id_scale_kernel(const T* src, T* dst, int64_t n, const int64_t* ids, const double* factors) {
+__global__ void id_scale_kernel(const T* src, T* dst, int64_t n, const int64_t* ids,
+                                const double* factors) {
   using acc_t = at::opmath_type<T>;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
     dst[i] = static_cast<T>(static_cast<acc_t>(src[i]) * static_cast<acc_t>(factors[ids[i]]));
 }
 
 // dst[i] = factors[tensors[i].offset + group] * tensors[i].x, elementwise by group.
-void launch_scale(const std::vector<GroupedTensor>& tensors, const std::vector<at::Tensor>& dst, const double* factors) {
+void launch_scale(const std::vector<GroupedTensor>& tensors, const std::vector<at::Tensor>& dst,
+                  const double* factors) {
   const auto stream = c10::cuda::getCurrentCUDAStream();
   std::vector<size_t> strided;
   for (size_t i = 0; i < tensors.size(); ++i) {
@@ -286,33 +301,34 @@ void launch_scale(const std::vector<GroupedTensor>& tensors, const std::vector<a
       strided.push_back(i);
       continue;
     }
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.data.scalar_type(), "id_scale_cuda", [&] {
-      id_scale_kernel<scalar_t><<<grid_stride_blocks(t.data.numel()), kThreads, 0, stream>>>(
-          t.data.const_data_ptr<scalar_t>(), dst[i].mutable_data_ptr<scalar_t>(), t.data.numel(),
-          t.layout.group_ids.const_data_ptr<int64_t>(), factors + t.offset);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, t.data.scalar_type(), "id_scale_cuda", [&] {
+          id_scale_kernel<scalar_t><<<grid_stride_blocks(t.data.numel()), kThreads, 0, stream>>>(
+              t.data.const_data_ptr<scalar_t>(), dst[i].mutable_data_ptr<scalar_t>(),
+              t.data.numel(), t.layout.group_ids.const_data_ptr<int64_t>(), factors + t.offset);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        });
   }
-  for (size_t begin = 0; begin < strided.size();) {
-    const at::ScalarType dtype = tensors[strided[begin]].data.scalar_type();
-    ScaleTable table{};
-    int64_t blocks = 0;
-    size_t end = begin;
-    for (; end < strided.size() && table.count < kMaxEntries && tensors[strided[end]].data.scalar_type() == dtype;
-         ++end) {
-      const GroupedTensor& t = tensors[strided[end]];
-      table.e[table.count] = {t.data.const_data_ptr(), dst[strided[end]].data_ptr(), t.data.numel(),
-                              group_index(t.data.numel(), t.layout.num_groups, std::max<int64_t>(t.layout.inner, 1)),
-                              factors + t.offset};
-      table.first_block[table.count++] = blocks;
-      blocks += ceil_div(t.data.numel(), int64_t(kThreads) * kScaleUnroll * (16 / t.data.element_size()));
-    }
-    begin = end;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "scale_groups_cuda", [&] {
-      scale_groups_kernel<scalar_t><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(table);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  }
+  launch_in_tables<ScaleEntry>(
+      tensors, strided,
+      [&](BlockTable<ScaleEntry>& table, size_t i) {
+        const GroupedTensor& t = tensors[i];
+        const int64_t n = t.data.numel();
+        table.add(
+            {.src = t.data.const_data_ptr(),
+             .dst = dst[i].data_ptr(),
+             .numel = n,
+             .group = group_index(n, t.layout.num_groups, std::max<int64_t>(t.layout.inner, 1)),
+             .factors = factors + t.offset},
+            ceil_div(n, int64_t(kThreads) * kScaleUnroll * (16 / t.data.element_size())));
+      },
+      [&](const BlockTable<ScaleEntry>& table, at::ScalarType dtype) {
+        AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "scale_groups_cuda", [&] {
+          scale_groups_kernel<scalar_t>
+              <<<static_cast<unsigned>(table.blocks), kThreads, 0, stream>>>(table);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        });
+      });
 }
 
 // ---------------------------------------------------------------- threshold search
@@ -349,7 +365,8 @@ __device__ void block_reduce(double (&v)[N], Op op, double* scratch) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
 #pragma unroll
   for (int j = 0; j < N; ++j) {
-    for (int offset = 16; offset > 0; offset >>= 1) v[j] = op(v[j], __shfl_down_sync(0xffffffffu, v[j], offset));
+    for (int offset = 16; offset > 0; offset >>= 1)
+      v[j] = op(v[j], __shfl_down_sync(0xffffffffu, v[j], offset));
     if (lane == 0) scratch[j * kSearchWarps + warp] = v[j];
   }
   __syncthreads();
@@ -562,14 +579,16 @@ void launch_search(const std::vector<Term>& terms, Scalar lr, const at::Tensor& 
   const auto stream = c10::cuda::getCurrentCUDAStream();
   at::Tensor roots;  // the c_i of terms too large for registers
   for (const Term& t : terms)
-    if (t.count > int64_t(kSearchThreads) * kResident && !roots.defined()) roots = at::empty_like(sq);
+    if (t.count > int64_t(kSearchThreads) * kResident && !roots.defined())
+      roots = at::empty_like(sq);
   for (size_t begin = 0; begin < terms.size(); begin += kMaxEntries) {
     TermTable table{};
     table.lr = lr;
     const size_t count = std::min<size_t>(kMaxEntries, terms.size() - begin);
     for (size_t i = 0; i < count; ++i) table.t[i] = terms[begin + i];
     search_kernel<kWant><<<static_cast<unsigned>(count), kSearchThreads, 0, stream>>>(
-        table, sq.const_data_ptr<double>(), roots.defined() ? roots.mutable_data_ptr<double>() : nullptr,
+        table, sq.const_data_ptr<double>(),
+        roots.defined() ? roots.mutable_data_ptr<double>() : nullptr,
         kWant == Want::kValue ? out + begin : out);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
@@ -586,15 +605,17 @@ void check_weights_values(const char* op, const GroupLayout& g) {
   check_host_weights(op, host.const_data_ptr<double>(), g.num_groups);
 }
 
-GroupedTensor single_tensor(const char* op, const at::Tensor& x, const std::optional<at::Tensor>& group_ids,
-                            int64_t num_groups, const std::optional<at::Tensor>& weights) {
+GroupedTensor single_tensor(const char* op, const at::Tensor& x,
+                            const std::optional<at::Tensor>& group_ids, int64_t num_groups,
+                            const std::optional<at::Tensor>& weights) {
   GroupedTensor t{x.contiguous(), check_group_layout(op, x, group_ids, num_groups), 0};
   attach_weights(op, t.layout, x, weights);
   return t;
 }
 
 Term single_term(const GroupedTensor& t, int64_t k, Scalar lam) {
-  return {0, t.layout.num_groups, k, t.layout.weights.defined() ? t.layout.weights.const_data_ptr<double>() : nullptr, lam};
+  return {0, t.layout.num_groups, k,
+          t.layout.weights.defined() ? t.layout.weights.const_data_ptr<double>() : nullptr, lam};
 }
 
 at::Tensor sq_norms(const GroupedTensor& t) {
@@ -603,7 +624,8 @@ at::Tensor sq_norms(const GroupedTensor& t) {
   return out;
 }
 
-at::Tensor group_norms(const at::Tensor& x, const std::optional<at::Tensor>& group_ids, int64_t num_groups) {
+at::Tensor group_norms(const at::Tensor& x, const std::optional<at::Tensor>& group_ids,
+                       int64_t num_groups) {
   const c10::cuda::CUDAGuard guard(x.device());
   const GroupedTensor t = single_tensor("group_norms", x, group_ids, num_groups, std::nullopt);
   return at::sqrt(sq_norms(t)).to(c10::promoteTypes(x.scalar_type(), at::kFloat));
@@ -622,13 +644,14 @@ at::Tensor value(const at::Tensor& x, int64_t k, const std::optional<at::Tensor>
 }
 
 at::Tensor value_backward(const at::Tensor& grad, const at::Tensor& x, int64_t k,
-                          const std::optional<at::Tensor>& weights, const std::optional<at::Tensor>& group_ids,
-                          int64_t num_groups) {
+                          const std::optional<at::Tensor>& weights,
+                          const std::optional<at::Tensor>& group_ids, int64_t num_groups) {
   const c10::cuda::CUDAGuard guard(x.device());
   const GroupedTensor t = single_tensor("value_backward", x, group_ids, num_groups, weights);
   check_k("value_backward", k);
   at::Tensor scales = sq_norms(t);
-  launch_search<Want::kGradScales>({single_term(t, k, {})}, {}, scales, scales.mutable_data_ptr<double>());
+  launch_search<Want::kGradScales>({single_term(t, k, {})}, {}, scales,
+                                   scales.mutable_data_ptr<double>());
   scales.mul_(grad.to(at::kDouble).reshape({}));
   at::Tensor out = at::empty_like(t.data);
   launch_scale({t}, {out}, scales.const_data_ptr<double>());
@@ -636,7 +659,8 @@ at::Tensor value_backward(const at::Tensor& grad, const at::Tensor& x, int64_t k
 }
 
 // prox of t.data into dst (which may be t.data).
-void prox_into(const char* op, const GroupedTensor& t, const at::Tensor& dst, int64_t k, const at::Tensor& lam) {
+void prox_into(const char* op, const GroupedTensor& t, const at::Tensor& dst, int64_t k,
+               const at::Tensor& lam) {
   check_k(op, k);
   check_scalar_tensor(op, "lam", lam);
   check_weights_values(op, t.layout);
@@ -648,7 +672,8 @@ void prox_into(const char* op, const GroupedTensor& t, const at::Tensor& dst, in
   launch_scale({t}, {dst}, f);
 }
 
-at::Tensor prox(const at::Tensor& x, int64_t k, const at::Tensor& lam, const std::optional<at::Tensor>& weights,
+at::Tensor prox(const at::Tensor& x, int64_t k, const at::Tensor& lam,
+                const std::optional<at::Tensor>& weights,
                 const std::optional<at::Tensor>& group_ids, int64_t num_groups) {
   const c10::cuda::CUDAGuard guard(x.device());
   const GroupedTensor t = single_tensor("prox", x, group_ids, num_groups, weights);
@@ -657,8 +682,9 @@ at::Tensor prox(const at::Tensor& x, int64_t k, const at::Tensor& lam, const std
   return out;
 }
 
-void prox_(at::Tensor& x, int64_t k, const at::Tensor& lam, const std::optional<at::Tensor>& weights,
-           const std::optional<at::Tensor>& group_ids, int64_t num_groups) {
+void prox_(at::Tensor& x, int64_t k, const at::Tensor& lam,
+           const std::optional<at::Tensor>& weights, const std::optional<at::Tensor>& group_ids,
+           int64_t num_groups) {
   const c10::cuda::CUDAGuard guard(x.device());
   const GroupedTensor t = single_tensor("prox_", x, group_ids, num_groups, weights);
   prox_into("prox_", t, t.data, k, lam);
@@ -668,9 +694,10 @@ void prox_(at::Tensor& x, int64_t k, const at::Tensor& lam, const std::optional<
 // The optimizer's call: no host synchronisation on strided layouts (values were
 // validated when the optimizer was built), so a step can be captured in a CUDA
 // graph.
-void prox_multi_(at::TensorList xs, at::IntArrayRef layout, const c10::List<std::optional<at::Tensor>>& group_ids,
-                 const c10::List<std::optional<at::Tensor>>& weights, at::IntArrayRef k, const at::Tensor& lam,
-                 const at::Tensor& lr, bool shared) {
+void prox_multi_(at::TensorList xs, at::IntArrayRef layout,
+                 const c10::List<std::optional<at::Tensor>>& group_ids,
+                 const c10::List<std::optional<at::Tensor>>& weights, at::IntArrayRef k,
+                 const at::Tensor& lam, const at::Tensor& lr, bool shared) {
   const char* op = "prox_multi_";
   const int64_t n = static_cast<int64_t>(xs.size());
   check_term_lists(op, n, layout, group_ids, weights, k, lam, lr, shared);
@@ -699,16 +726,21 @@ void prox_multi_(at::TensorList xs, at::IntArrayRef layout, const c10::List<std:
     if (weighted) {
       std::vector<at::Tensor> ds;
       for (const GroupedTensor& t : tensors)
-        ds.push_back(t.layout.weights.defined() ? t.layout.weights : at::ones({t.layout.num_groups}, doubles_on(xs[0])));
+        ds.push_back(t.layout.weights.defined()
+                         ? t.layout.weights
+                         : at::ones({t.layout.num_groups}, doubles_on(xs[0])));
       all_weights = at::cat(ds);
     }
-    terms.push_back({0, total, k[0], weighted ? all_weights.const_data_ptr<double>() : nullptr, lams[0]});
+    terms.push_back(
+        {0, total, k[0], weighted ? all_weights.const_data_ptr<double>() : nullptr, lams[0]});
   } else {
     for (int64_t i = 0; i < n; ++i) {
       const GroupedTensor& t = tensors[i];
       if (t.layout.num_groups == 0) continue;
-      terms.push_back({t.offset, t.layout.num_groups, k[i],
-                       t.layout.weights.defined() ? t.layout.weights.const_data_ptr<double>() : nullptr, lams[i]});
+      terms.push_back(
+          {t.offset, t.layout.num_groups, k[i],
+           t.layout.weights.defined() ? t.layout.weights.const_data_ptr<double>() : nullptr,
+           lams[i]});
     }
   }
   launch_search<Want::kProxFactors>(terms, lrs[0], factors, f);

@@ -50,7 +50,8 @@ template <typename K>
 inline void rank_select(const K* key, int64_t m, int64_t n, uint8_t* keep) {
   for (int64_t j = 0; j < m; ++j) {
     int64_t rank = 0;
-    for (int64_t i = 0; i < m; ++i) rank += i < j ? key[i] >= key[j] : (i > j ? key[i] > key[j] : 0);
+    for (int64_t i = 0; i < m; ++i)
+      rank += i < j ? key[i] >= key[j] : (i > j ? key[i] > key[j] : 0);
     keep[j] = rank < n;
   }
 }
@@ -74,11 +75,20 @@ inline void first_max(const K* key, int64_t m, uint8_t* keep) {
 template <typename F>
 inline bool with_constant_m(int64_t m, F&& f) {
   switch (m) {
-    case 4: f(std::integral_constant<int64_t, 4>{}); return true;
-    case 8: f(std::integral_constant<int64_t, 8>{}); return true;
-    case 16: f(std::integral_constant<int64_t, 16>{}); return true;
-    case 32: f(std::integral_constant<int64_t, 32>{}); return true;
-    default: return false;
+    case 4:
+      f(std::integral_constant<int64_t, 4>{});
+      return true;
+    case 8:
+      f(std::integral_constant<int64_t, 8>{});
+      return true;
+    case 16:
+      f(std::integral_constant<int64_t, 16>{});
+      return true;
+    case 32:
+      f(std::integral_constant<int64_t, 32>{});
+      return true;
+    default:
+      return false;
   }
 }
 
@@ -159,7 +169,8 @@ inline void select_top_n(const K* key, int64_t groups, int64_t m, int64_t n, uin
 // The n best of every group of m among `count` values, one group at a time
 // through its keys (keys holds 4m entries).
 template <typename T, typename K>
-inline void select_values(const T* values, int64_t count, int64_t m, int64_t n, uint8_t* keep, K* keys) {
+inline void select_values(const T* values, int64_t count, int64_t m, int64_t n, uint8_t* keep,
+                          K* keys) {
   for (int64_t g = 0; g < count; g += m) {
     for (int64_t j = 0; j < m; ++j) keys[j] = rank_key(values[g + j]);
     select_top_n(keys, 1, m, n, keep + g, keys + m);

@@ -119,7 +119,8 @@ inline bool sampled_pivots(const double* c, const double* w, const double* lo, c
     if (hi[i] < right) events.push_back({hi[i], -c[i], w[i] + 1.0});
   }
   if (events.empty()) return false;
-  std::sort(events.begin(), events.end(), [](const Event& a, const Event& b) { return a.at < b.at; });
+  std::sort(events.begin(), events.end(),
+            [](const Event& a, const Event& b) { return a.at < b.at; });
   const double scale = double(open) / double(s);
   const int64_t E = static_cast<int64_t>(events.size());
   int64_t cross = E;  // first event where the estimate of h is >= 0
@@ -173,7 +174,7 @@ inline double solve_threshold(double* uc, double* uw, int64_t m, int64_t k, doub
   // compensated sums (a plain running sum over 1e5 groups drifts by ~1e-11)
   int64_t saturated = 0;
   detail::CompensatedSum linear_c, linear_w;
-  int64_t open = m;  // groups with a breakpoint strictly inside (left, right)
+  int64_t open = m;        // groups with a breakpoint strictly inside (left, right)
   int64_t inside = 2 * m;  // breakpoints strictly inside (left, right), an upper bound at first
   bool exact = false;
   while (open > 0) {
@@ -181,8 +182,8 @@ inline double solve_threshold(double* uc, double* uw, int64_t m, int64_t k, doub
     double p1 = 0.0, p2 = 0.0;
     bool has_p1 = false, has_p2 = false;
     if (exact || open < kSampleAbove ||
-        !detail::sampled_pivots(uc, uw, lo, hi, open, left, right, slope, offset, p1, p2,
-                                has_p1, has_p2)) {
+        !detail::sampled_pivots(uc, uw, lo, hi, open, left, right, slope, offset, p1, p2, has_p1,
+                                has_p2)) {
       int64_t np = 0;
       for (int64_t i = 0; i < open; ++i) {
         if (lo[i] > left && lo[i] < right) points[np++] = lo[i];
@@ -240,7 +241,8 @@ inline double solve_threshold(double* uc, double* uw, int64_t m, int64_t k, doub
   }
   double eta;
   if (slope > 0.0) {
-    eta = std::max(left, (static_cast<double>(k - saturated) + linear_w.value()) / linear_c.value());
+    eta =
+        std::max(left, (static_cast<double>(k - saturated) + linear_w.value()) / linear_c.value());
     if (eta > right) eta = right;
   } else {
     // h is identically 0 on [left, right]; every eta there gives the same shares
@@ -281,9 +283,8 @@ WGSEF_HOST_DEVICE inline double shrink_factor(double c, double eta, double w) {
 // Per-group factors f_i with prox_{lam*WGSEF}(v)_{G_i} = f_i * v_{G_i}.
 //   sq_norms[i] = ||v_{G_i}||^2, d = group weights (nullptr: all 1), lam >= 0, k >= 0.
 // Non-finite norms (NaN or Inf in v) give NaN factors for every group.
-inline void prox_factors(const double* sq_norms, const double* d, int64_t m, int64_t k,
-                               double lam, double* factors, Workspace& ws,
-                               SearchStats* stats = nullptr) {
+inline void prox_factors(const double* sq_norms, const double* d, int64_t m, int64_t k, double lam,
+                         double* factors, Workspace& ws, SearchStats* stats = nullptr) {
   int64_t nonzero = 0;
   bool finite = true;
   for (int64_t i = 0; i < m; ++i) {
