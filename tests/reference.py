@@ -129,7 +129,7 @@ def nonzero_groups(arr: np.ndarray, ids: np.ndarray, m: int) -> int:
 
 
 def lambda_crit(a: np.ndarray, d: np.ndarray, k: int) -> float:
-    """Smallest lam with a k-group-sparse prox (design §5); a_i = ||v_i|| / sqrt(d_i)."""
+    """Smallest lam with a k-group-sparse prox (docs/design.md §2.5); a_i = ||v_i|| / sqrt(d_i)."""
     nz = a > 0
     if k == 0 or nz.sum() <= k:
         return 0.0

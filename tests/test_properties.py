@@ -1,4 +1,4 @@
-"""Property tests: optimality certificates and the sparsity rules of the design notes."""
+"""Property tests: optimality certificates and the sparsity rules of docs/design.md."""
 
 import numpy as np
 import torch

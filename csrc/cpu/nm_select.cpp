@@ -433,9 +433,9 @@ WGSEF_ALWAYS_INLINE bool rank_few_candidates(const uint32_t* cand_key, const uin
 // dropped when it lets through too many. Otherwise the n-th largest of the
 // maxima of disjoint slices is the bound, since n slices each hold a key at
 // least that large; a slice is one lane of a chunk of up to 8 consecutive
-// vectors, so the maxima come from vertical vector maxes. On 4096x4096
-// Gaussian weights at 16:512 the guess (with the prefetch in nm_cpu.cpp)
-// took nm_mask from 21 to 8.5 ms. scratch holds 3m + 2W <= 4m keys.
+// vectors, so the maxima come from vertical vector maxes. The guess usually
+// leaves fewer candidates than the slice bound, which is what makes large
+// groups cheap. scratch holds 3m + 2W <= 4m keys.
 template <int W>
 constexpr int64_t slices_of(int64_t m) {
   return (m + 8 * W - 1) / (8 * W) * W;
@@ -504,8 +504,8 @@ WGSEF_ALWAYS_INLINE void select_large_group(const float* w, int64_t m, int64_t n
 
 #ifdef WGSEF_X86_AVX2
 // flatten: inline every call, the *_avx2 helpers included. A function of its
-// own: flattening select_avx2 as a whole made its calls on short blocks (conv
-// layouts, 36 values per call) a fifth slower.
+// own: flattening select_avx2 as a whole slows its calls on short blocks
+// (conv layouts, 36 values per call).
 __attribute__((target("avx2,fma"), flatten, noinline)) void select_large_groups_avx2(
     const float* w, int64_t count, int64_t m, int64_t n, uint8_t* keep, uint32_t* scratch,
     uint32_t& hint) {

@@ -135,7 +135,7 @@ def prox(
     ``u_i = clip(sqrt(d_i) ||x_{G_i}|| * eta - lam * d_i, 0, 1)`` and eta the root of
     ``sum_i u_i = k``. Groups with ``u_i = 0`` become exactly zero. At most k groups
     are left unshrunk, but more than k may survive partially shrunk unless lam is
-    large enough (see ``shared/design/wgsef-math.md`` §5). Special cases: ``lam = 0``
+    large enough (see ``docs/design.md`` §2.5). Special cases: ``lam = 0``
     returns a copy of x, ``k = 0`` returns zeros, at most k non-zero groups gives
     ``x_{G_i} / (1 + lam * d_i)``.
 

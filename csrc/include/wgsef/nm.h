@@ -1,5 +1,5 @@
 // N:M selection: which n of m values to keep. Plain C++ with no torch
-// includes, shared by every backend. Rule (design notes nm-sparsity.md §1.4):
+// includes, shared by every backend. Rule (docs/design.md §6.2):
 // rank by |w| descending, NaN ranks as +inf, ties go to the lower index, and
 // -0.0 equals +0.0.
 #pragma once

@@ -1,6 +1,6 @@
 // WGSEF math on per-group squared norms: the threshold search, the prox scale
 // factors and the envelope value. Plain C++ with no torch includes, so every
-// backend computes the same numbers. Derivations: shared/design/wgsef-math.md.
+// backend computes the same numbers. Derivations: docs/design.md §1-§3.
 #pragma once
 
 #include <algorithm>
@@ -85,7 +85,7 @@ struct CompensatedSum {
 WGSEF_HOST_DEVICE inline double clip01(double t) { return t <= 0.0 ? 0.0 : (t >= 1.0 ? 1.0 : t); }
 
 // t = c*eta - w is exactly 0 at flat roots and shared breakpoints; rounding
-// leaves ~1e-17 there, which would keep a pruned group alive (design §6).
+// leaves ~1e-17 there, which would keep a pruned group alive (docs/design.md §2.4).
 WGSEF_HOST_DEVICE inline double snapped_share(double c, double eta, double w) {
   const double ceta = c * eta;
   const double t = ceta - w;
