@@ -1,9 +1,10 @@
 // CUDA kernels of the WGSEF ops. A call runs three kernels: squared group
 // norms, the threshold search (one block per WGSEF term), and the group
 // scaling, each launched once per run of up to kMaxEntries tensors of one
-// dtype, whose table is passed by value (docs/design.md §3.2). Nothing waits for the host except
-// the checks of values the single-tensor ops validate (weights, lam on the device) and group ids,
-// so prox_multi_ on strided layouts can be captured in a CUDA graph.
+// dtype, whose table is passed by value (docs/design.md §3.2). Nothing waits
+// for the host except the checks of values the single-tensor ops validate
+// (weights, lam on the device) and group ids, so prox_multi_ on strided
+// layouts can be captured in a CUDA graph.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/List.h>
