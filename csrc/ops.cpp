@@ -35,7 +35,8 @@ TORCH_LIBRARY(wgsef, m) {
       "int[] k, Tensor lam, Tensor lr, bool shared=False) -> ()");
 
   // N:M sparsity. Groups are runs of m consecutive elements along dim; the mask
-  // keeps the n largest |w| of each (NaN largest, ties to the lower index).
+  // keeps the n largest |w| of each (NaN ranks with +inf, ties to the lower
+  // index; docs/design.md §6.2).
   m.def("nm_mask(Tensor w, int n, int m, int dim=-1) -> Tensor");
   // (W * (mask + decay * (1 - mask)), saved_mask) in one pass. grad_mode and
   // srste_weight select the backward: "ste" passes the gradient through,

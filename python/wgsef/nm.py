@@ -1,14 +1,14 @@
 """N:M sparsity with progressive gradient flow (Bambhaniya et al., arXiv 2402.04744).
 
 * :func:`nm_mask` / :func:`nm_decay`: native ops. The mask keeps the ``n`` largest
-  ``|w|`` of every run of ``m`` consecutive elements along ``dim`` (NaN counts as
-  largest, ties go to the lower index); ``nm_decay`` returns
+  ``|w|`` of every run of ``m`` consecutive elements along ``dim`` (NaN ranks
+  with +inf, ties go to the lower index; docs/design.md §6.2); ``nm_decay`` returns
   ``W * (mask + D * (1 - mask))`` from the same pass, with a straight-through or
   scaled gradient and an optional SR-STE term.
 * :class:`NMSchedule`: the step -> (phase, n, m, D) map of SR-STE, MDGF (linear and
   exponential mask decay) and SDGF (stepwise and geometric structure decay), with
   the dense -> decay -> fine-tune phases.
-* :class:`NMSparsifier`: trains a model's ``nn.Linear``, ``nn.Conv2d`` and attention
+* :class:`NMSparsifier`: trains a model's ``nn.Linear``, ``nn.Conv1d/2d/3d`` and attention
   projections with decayed N:M weights through torch parametrizations, advances
   the schedule from an optimizer hook, and exports hard N:M weights.
 * :func:`check_nm`: per-layer validity of a model's N:M structure.
@@ -47,9 +47,9 @@ def nm_mask(w: Tensor, n: int, m: int, dim: int = -1) -> Tensor:
     """Boolean N:M mask of ``w``: the ``n`` largest ``|w|`` of every ``m`` consecutive
     elements along ``dim``.
 
-    NaN ranks as the largest value, ties go to the lower index, ``-0.0 == +0.0``.
-    ``0 <= n <= m``; the size of ``dim`` must be a multiple of ``m``. Any ``m`` works
-    (``m <= 16`` and ``n = 1`` take branch-free fast paths). One read of ``w``; strided
+    NaN ranks with +inf, ties go to the lower index, ``-0.0 == +0.0``
+    (docs/design.md §6.2). ``0 <= n <= m``; the size of ``dim`` must be a multiple of
+    ``m``. Any ``m`` works (m = 4, 8, 16, 32 and ``n = 1`` take vectorised paths). One read of ``w``; strided
     groups (``dim`` not last, e.g. conv input channels) are read in place.
     """
     return ops.nm_mask(w, n, m, dim)

@@ -174,7 +174,7 @@ class ProxSGD(Optimizer):
 
     **Reaching exactly k groups.** A prox step leaves at most ``k`` groups unshrunk,
     but more may survive partially shrunk unless ``lr * lam`` exceeds the term's
-    ``lambda_crit`` (see the README). For a guaranteed level, call
+    ``lambda_crit`` (docs/design.md §2.5). For a guaranteed level, call
     :meth:`freeze_support` for the last part of training (a healing phase): it keeps
     the ``k`` groups of each term with the largest ``||p_i|| / sqrt(d_i)`` (ties to the
     lower index), sets the others to exactly zero and holds them there on every
