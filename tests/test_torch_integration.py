@@ -96,3 +96,60 @@ def test_compile_inductor_value_grad_and_lam_changes_do_not_recompile():
         torch.testing.assert_close(w.detach(), torch.from_numpy(expect), rtol=1e-9, atol=1e-12)
         w.grad = None
     assert counters["stats"]["unique_graphs"] == 2  # one per compiled function, none per lam
+
+
+def test_a_meta_argument_beside_real_tensors_raises_instead_of_returning_garbage():
+    x = torch.randn(3, 4, 2)
+    meta_scalar = torch.empty((), device="meta")
+    with pytest.raises(ValueError, match="lam is on the meta device while x is on cpu"):
+        OPS.prox.default(x, 2, meta_scalar)
+    before = x.clone()
+    with pytest.raises(ValueError, match="lam is on the meta device"):
+        OPS.prox_.default(x, 2, meta_scalar)
+    assert torch.equal(x, before)
+    with pytest.raises(ValueError, match="weights is on the meta device"):
+        OPS.value.default(x, 2, torch.ones(4, device="meta"))
+    with pytest.raises(ValueError, match="lr is on the meta device while xs is on cpu"):
+        OPS.prox_multi_.default([x], [3, 4, 2], [], [], [2], torch.tensor(0.5), meta_scalar)
+    with pytest.raises(ValueError, match="decay is on the meta device while w is on cpu"):
+        wgsef.nm_decay(torch.randn(4, 8), 2, 4, torch.tensor(0.5, device="meta"))
+    # an all-meta call is shape propagation, as before
+    assert wgsef.prox(torch.empty(8, 4, device="meta"), 2, 0.5).device.type == "meta"
+
+
+def test_float_lam_made_under_meta_or_fake_mode_does_not_leak_into_real_calls():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    x = torch.randn(8, 4, dtype=torch.float64)
+    with torch.device("meta"):
+        wgsef.prox(torch.empty(8, 4), 2, 0.2468)
+    torch.testing.assert_close(wgsef.prox(x, 2, 0.2468), torch.from_numpy(ref.prox(x, 2, 0.2468)))
+    with FakeTensorMode():
+        wgsef.prox(torch.empty(8, 4), 2, 0.1357)
+    torch.testing.assert_close(wgsef.prox(x, 2, 0.1357), torch.from_numpy(ref.prox(x, 2, 0.1357)))
+    y = x.clone()
+    wgsef.prox_(y, 2, 0.1357)
+    torch.testing.assert_close(y, torch.from_numpy(ref.prox(x, 2, 0.1357)))
+
+
+def test_compile_fullgraph_takes_a_new_float_lam_on_every_call():
+    torch._dynamo.reset()
+    x = torch.randn(8, 4, dtype=torch.float64)
+    compiled = torch.compile(lambda w, lam: wgsef.prox(w, 2, lam), fullgraph=True, backend="aot_eager")
+    for lam in (0.1, 0.2, 0.3):
+        torch.testing.assert_close(compiled(x, lam), torch.from_numpy(ref.prox(x, 2, lam)))
+
+
+def test_in_place_prox_refuses_a_graph_and_marks_what_it_wrote():
+    a = torch.randn(6, 4, requires_grad=True)
+    b = a * 2
+    with pytest.raises(RuntimeError, match="wgsef.prox_: x requires grad and grad mode is on"):
+        wgsef.prox_(b, 2, 0.3)
+    with pytest.raises(RuntimeError, match="wgsef.prox_multi_: xs requires grad"):
+        OPS.prox_multi_.default([b], [1, 6, 4], [], [], [2], torch.tensor(0.3), torch.tensor(1.0))
+    # under no_grad it runs; a backward through a value saved before it then raises
+    squared = b * b
+    with torch.no_grad():
+        wgsef.prox_(b, 2, 0.3)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        squared.sum().backward()

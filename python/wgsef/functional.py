@@ -41,20 +41,23 @@ def _lam_tensor(lam: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if lam.device != x.device and lam.device.type != "cpu":
             raise ValueError(f"lam: expected a tensor on the CPU or on x's device {x.device}, got {lam.device}")
         return lam
-    if isinstance(lam, bool) or not isinstance(lam, (int, float)):
+    if isinstance(lam, bool) or not isinstance(lam, (int, float, torch.SymFloat, torch.SymInt)):
         raise TypeError(f"lam: expected a float or a one-element tensor, got {type(lam).__name__}")
-    if not (lam >= 0 and math.isfinite(lam)):
+    # comparisons rather than math.isfinite: under torch.compile lam may be symbolic
+    if not (lam >= 0 and lam < math.inf):
         raise ValueError(f"lam: expected a finite value >= 0, got {lam}")
-    if torch.compiler.is_compiling():
-        return torch.tensor(float(lam), dtype=torch.float64)
+    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0:
+        # traced, or under a mode such as FakeTensorMode: a tensor of that
+        # context, which must not reach the cache of real calls
+        return torch.tensor(lam, dtype=torch.float64, device="cpu")
     return _lam_constant(float(lam))
 
 
 @functools.lru_cache(maxsize=64)
 def _lam_constant(lam: float) -> torch.Tensor:
-    """A float lam as the 0-dim tensor the ops take, made once per value (making it
-    costs more than a prox on a small tensor); the ops only read it."""
-    return torch.tensor(lam, dtype=torch.float64)
+    """A float lam as the 0-dim CPU tensor the ops take, made once per value (making
+    it costs more than a prox on a small tensor); the ops only read it."""
+    return torch.tensor(lam, dtype=torch.float64, device="cpu")
 
 
 def _weights_tensor(weights, x: torch.Tensor) -> torch.Tensor | None:

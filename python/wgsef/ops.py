@@ -37,34 +37,56 @@ def _num_groups(x: torch.Tensor, group_ids: torch.Tensor | None, num_groups: int
     return num_groups if group_ids is not None else x.shape[1]
 
 
+def _no_meta_beside_real(op: str, x: torch.Tensor | None, x_name: str = "x", **args) -> None:
+    """A meta tensor among the arguments sends a call on real tensors to these fake
+    kernels (the dispatcher picks the meta backend), which would return
+    uninitialised memory; raise instead."""
+    if x is None or x.device.type == "meta":
+        return
+    for name, arg in args.items():
+        for t in arg if isinstance(arg, (list, tuple)) else [arg]:
+            if isinstance(t, torch.Tensor) and t.device.type == "meta":
+                raise ValueError(
+                    f"wgsef.{op}: {name} is on the meta device while {x_name} is on {x.device}; "
+                    f"pass {name} on {x_name}'s device (or, for a scalar, on the CPU)"
+                )
+
+
 @torch.library.register_fake("wgsef::group_norms")
 def _group_norms_fake(x, group_ids=None, num_groups=-1):
+    _no_meta_beside_real("group_norms", x, group_ids=group_ids)
     dtype = torch.promote_types(x.dtype, torch.float32)
     return x.new_empty((_num_groups(x, group_ids, num_groups),), dtype=dtype)
 
 
 @torch.library.register_fake("wgsef::value")
 def _value_fake(x, k, weights=None, group_ids=None, num_groups=-1):
+    _no_meta_beside_real("value", x, weights=weights, group_ids=group_ids)
     return x.new_empty(())
 
 
 @torch.library.register_fake("wgsef::value_backward")
 def _value_backward_fake(grad, x, k, weights=None, group_ids=None, num_groups=-1):
+    _no_meta_beside_real("value_backward", x, grad=grad, weights=weights, group_ids=group_ids)
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
 @torch.library.register_fake("wgsef::prox")
 def _prox_fake(x, k, lam, weights=None, group_ids=None, num_groups=-1):
+    _no_meta_beside_real("prox", x, lam=lam, weights=weights, group_ids=group_ids)
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
 @torch.library.register_fake("wgsef::prox_")
 def _prox_inplace_fake(x, k, lam, weights=None, group_ids=None, num_groups=-1):
+    _no_meta_beside_real("prox_", x, lam=lam, weights=weights, group_ids=group_ids)
     return None
 
 
 @torch.library.register_fake("wgsef::prox_multi_")
 def _prox_multi_fake(xs, layout, group_ids, weights, k, lam, lr, shared=False):
+    real = next((x for x in xs if x.device.type != "meta"), None)
+    _no_meta_beside_real("prox_multi_", real, "xs", xs=xs, group_ids=group_ids, weights=weights, lam=lam, lr=lr)
     return None
 
 
@@ -91,6 +113,7 @@ def _nm_mask_fake(w, n, m, dim=-1):
 
 @torch.library.register_fake("wgsef::nm_decay")
 def _nm_decay_fake(w, n, m, dim, decay, grad_mode="ste", srste_weight=0.0):
+    _no_meta_beside_real("nm_decay", w, "w", decay=decay)
     out = torch.empty_like(w, memory_format=torch.contiguous_format)
     if grad_mode == "scaled" or srste_weight > 0:
         return out, torch.empty_like(w, dtype=torch.bool, memory_format=torch.contiguous_format)
