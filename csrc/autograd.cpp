@@ -58,8 +58,7 @@ TORCH_LIBRARY_IMPL(wgsef, Autograd, m) {
   m.impl("value_backward", torch::autograd::autogradNotImplementedFallback());
   m.impl("nm_mask", torch::autograd::autogradNotImplementedFallback());
   m.impl("prox_", torch::CppFunction::makeFromBoxedFunction<&inplace_without_derivative>());
-  m.impl("prox_multi_",
-         torch::CppFunction::makeFromBoxedFunction<&inplace_without_derivative>());
+  m.impl("prox_multi_", torch::CppFunction::makeFromBoxedFunction<&inplace_without_derivative>());
 }
 
 }  // namespace wgsef

@@ -143,9 +143,9 @@ def test_compile_fullgraph_takes_a_new_float_lam_on_every_call():
 def test_in_place_prox_refuses_a_graph_and_marks_what_it_wrote():
     a = torch.randn(6, 4, requires_grad=True)
     b = a * 2
-    with pytest.raises(RuntimeError, match="wgsef.prox_: x requires grad and grad mode is on"):
+    with pytest.raises(RuntimeError, match=r"wgsef\.prox_: x requires grad and grad mode is on"):
         wgsef.prox_(b, 2, 0.3)
-    with pytest.raises(RuntimeError, match="wgsef.prox_multi_: xs requires grad"):
+    with pytest.raises(RuntimeError, match=r"wgsef\.prox_multi_: xs requires grad"):
         OPS.prox_multi_.default([b], [1, 6, 4], [], [], [2], torch.tensor(0.3), torch.tensor(1.0))
     # under no_grad it runs; a backward through a value saved before it then raises
     squared = b * b
