@@ -7,9 +7,11 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <optional>
+#include <vector>
 
 namespace wgsef {
 
@@ -20,6 +22,10 @@ struct GroupLayout {
   int64_t outer = 1, inner = 1;  // strided layout: x viewed as (outer, num_groups, inner)
   at::Tensor group_ids;          // int64, contiguous; undefined for the strided layout
   at::Tensor weights;            // float64, contiguous, on x's device; undefined = all 1
+
+  const double* weight_data() const {
+    return weights.defined() ? weights.const_data_ptr<double>() : nullptr;
+  }
 };
 
 inline void check_floating_x(const char* op, const at::Tensor& x) {
@@ -29,43 +35,12 @@ inline void check_floating_x(const char* op, const at::Tensor& x) {
                    t);
 }
 
-inline GroupLayout check_group_layout(const char* op, const at::Tensor& x,
-                                      const std::optional<at::Tensor>& group_ids,
-                                      int64_t num_groups) {
-  check_floating_x(op, x);
-  GroupLayout g;
-  if (group_ids.has_value()) {
-    const at::Tensor& ids = *group_ids;
-    TORCH_CHECK_TYPE(ids.scalar_type() == at::kLong, "wgsef.", op,
-                     ": group_ids must be an int64 tensor, got ", ids.scalar_type());
-    TORCH_CHECK_VALUE(ids.sizes() == x.sizes(), "wgsef.", op, ": group_ids must have x's shape ",
-                      x.sizes(), ", got ", ids.sizes());
-    TORCH_CHECK_VALUE(ids.device() == x.device(), "wgsef.", op,
-                      ": group_ids must be on x's device ", x.device(), ", got ", ids.device());
-    TORCH_CHECK_VALUE(num_groups >= 0, "wgsef.", op,
-                      ": num_groups must be >= 0 when group_ids is given, got ", num_groups);
-    g.group_ids = ids.contiguous();
-    g.num_groups = num_groups;
-  } else {
-    TORCH_CHECK_VALUE(x.dim() == 3, "wgsef.", op,
-                      ": without group_ids, x must be a 3-D view (outer, groups, inner), got ",
-                      x.dim(), " dims");
-    TORCH_CHECK_VALUE(num_groups == -1 || num_groups == x.size(1), "wgsef.", op,
-                      ": num_groups must be -1 or x.size(1) = ", x.size(1),
-                      " without group_ids, got ", num_groups);
-    g.outer = x.size(0);
-    g.num_groups = x.size(1);
-    g.inner = x.size(2);
-  }
-  return g;
-}
-
 inline void check_k(const char* op, int64_t k) {
   TORCH_CHECK_VALUE(k >= 0, "wgsef.", op, ": k must be >= 0, got ", k);
 }
 
-// Weights as float64 on x's device; checks shape and dtype. Their values are
-// checked on the host by host_weights().
+// Weights as float64 on x's device, after their shape, dtype and device are
+// checked; their values are checked by check_weight_values().
 inline void attach_weights(const char* op, GroupLayout& g, const at::Tensor& x,
                            const std::optional<at::Tensor>& weights) {
   if (!weights.has_value()) return;
@@ -80,11 +55,61 @@ inline void attach_weights(const char* op, GroupLayout& g, const at::Tensor& x,
   g.weights = w.to(at::kDouble).contiguous();
 }
 
+// How x splits into groups, with its weights attached. With group_ids, the ids
+// themselves are range-checked by the kernels' first pass, which reads them
+// anyway and comes before any output is written.
+inline GroupLayout check_group_layout(const char* op, const at::Tensor& x,
+                                      const std::optional<at::Tensor>& group_ids,
+                                      int64_t num_groups,
+                                      const std::optional<at::Tensor>& weights) {
+  check_floating_x(op, x);
+  GroupLayout g;
+  if (group_ids.has_value()) {
+    const at::Tensor& ids = *group_ids;
+    TORCH_CHECK_TYPE(ids.scalar_type() == at::kLong, "wgsef.", op,
+                     ": group_ids must be an int64 tensor, got ", ids.scalar_type());
+    TORCH_CHECK_VALUE(ids.sizes() == x.sizes(), "wgsef.", op, ": group_ids must have x's shape ",
+                      x.sizes(), ", got ", ids.sizes());
+    TORCH_CHECK_VALUE(ids.device() == x.device(), "wgsef.", op,
+                      ": group_ids must be on x's device ", x.device(), ", got ", ids.device());
+    TORCH_CHECK_VALUE(num_groups >= 0, "wgsef.", op,
+                      ": num_groups must be >= 0 when group_ids is given, got ", num_groups);
+    // per-group memory follows num_groups: without weights to match, more groups
+    // than elements means empty groups, which change nothing (wgsef.groups.renumbered)
+    TORCH_CHECK_VALUE(weights.has_value() || num_groups <= std::max<int64_t>(x.numel(), 1),
+                      "wgsef.", op, ": num_groups (", num_groups,
+                      ") exceeds the number of elements (", x.numel(),
+                      "); renumber the group ids to the groups in use");
+    g.group_ids = ids.contiguous();
+    g.num_groups = num_groups;
+  } else {
+    TORCH_CHECK_VALUE(x.dim() == 3, "wgsef.", op,
+                      ": without group_ids, x must be a 3-D view (outer, groups, inner), got ",
+                      x.dim(), " dims");
+    TORCH_CHECK_VALUE(num_groups == -1 || num_groups == x.size(1), "wgsef.", op,
+                      ": num_groups must be -1 or x.size(1) = ", x.size(1),
+                      " without group_ids, got ", num_groups);
+    g.outer = x.size(0);
+    g.num_groups = x.size(1);
+    g.inner = x.size(2);
+  }
+  attach_weights(op, g, x, weights);
+  return g;
+}
+
 inline void check_host_weights(const char* op, const double* d, int64_t m) {
   for (int64_t i = 0; i < m; ++i) {
     TORCH_CHECK_VALUE(d[i] > 0.0 && d[i] < std::numeric_limits<double>::infinity(), "wgsef.", op,
                       ": weights must be positive and finite, got weights[", i, "] = ", d[i]);
   }
+}
+
+// The weights' values, read on the host (a copy, and a synchronisation, for
+// weights on a device).
+inline void check_weight_values(const char* op, const GroupLayout& g) {
+  if (!g.weights.defined()) return;
+  const at::Tensor host = g.weights.cpu();
+  check_host_weights(op, host.const_data_ptr<double>(), g.num_groups);
 }
 
 // A hyperparameter passed as a tensor (lam, lr): one real element.
@@ -95,9 +120,41 @@ inline void check_scalar_tensor(const char* op, const char* name, const at::Tens
                    " must be real, got ", t.scalar_type());
 }
 
-inline void check_lam_value(const char* op, double lam) {
-  TORCH_CHECK_VALUE(lam >= 0.0 && lam < std::numeric_limits<double>::infinity(), "wgsef.", op,
-                    ": lam must be finite and >= 0, got ", lam);
+inline void check_nonnegative(const char* op, const char* name, double v) {
+  TORCH_CHECK_VALUE(v >= 0.0 && v < std::numeric_limits<double>::infinity(), "wgsef.", op, ": ",
+                    name, " must be finite and >= 0, got ", v);
+}
+
+// value, value_backward: x's groups and weights, k, and the weights' values.
+inline GroupLayout check_value_args(const char* op, const at::Tensor& x, int64_t k,
+                                    const std::optional<at::Tensor>& weights,
+                                    const std::optional<at::Tensor>& group_ids,
+                                    int64_t num_groups) {
+  GroupLayout g = check_group_layout(op, x, group_ids, num_groups, weights);
+  check_k(op, k);
+  check_weight_values(op, g);
+  return g;
+}
+
+inline void check_upstream_grad(const at::Tensor& grad) {
+  TORCH_CHECK_VALUE(grad.numel() == 1,
+                    "wgsef.value_backward: grad must have one element, got shape ", grad.sizes());
+}
+
+// prox, prox_: as value, plus lam (read on the host).
+struct ProxArgs {
+  GroupLayout layout;
+  double lam;
+};
+
+inline ProxArgs check_prox_args(const char* op, const at::Tensor& x, int64_t k,
+                                const at::Tensor& lam, const std::optional<at::Tensor>& weights,
+                                const std::optional<at::Tensor>& group_ids, int64_t num_groups) {
+  ProxArgs a{check_value_args(op, x, k, weights, group_ids, num_groups), 0.0};
+  check_scalar_tensor(op, "lam", lam);
+  a.lam = lam.item<double>();
+  check_nonnegative(op, "lam", a.lam);
+  return a;
 }
 
 // One tensor of a multi-tensor call with its group layout; offset is where its
@@ -109,8 +166,8 @@ struct GroupedTensor {
 };
 
 // xs[i] of prox_multi_: its layout entry (outer, groups, inner) or, with
-// group_ids[i] given, its ids and number of groups; its weights' shape and
-// dtype (their values are checked per backend). data is xs[i] made contiguous.
+// group_ids[i] given, its ids and number of groups, and its weights. data is
+// xs[i] made contiguous.
 inline GroupedTensor check_grouped_tensor(const char* op, const at::Tensor& x, int64_t i,
                                           at::IntArrayRef layout,
                                           const c10::List<std::optional<at::Tensor>>& group_ids,
@@ -120,28 +177,39 @@ inline GroupedTensor check_grouped_tensor(const char* op, const at::Tensor& x, i
   GroupedTensor t{x.contiguous(), {}, offset};
   const std::optional<at::Tensor> ids =
       group_ids.empty() ? std::nullopt : static_cast<std::optional<at::Tensor>>(group_ids.get(i));
+  const std::optional<at::Tensor> w =
+      weights.empty() ? std::nullopt : static_cast<std::optional<at::Tensor>>(weights.get(i));
   if (ids.has_value()) {
-    t.layout = check_group_layout(op, t.data, ids, layout[3 * i + 1]);
-  } else {
-    GroupLayout& g = t.layout;
-    g.outer = layout[3 * i];
-    g.num_groups = layout[3 * i + 1];
-    g.inner = layout[3 * i + 2];
-    TORCH_CHECK_VALUE(g.outer >= 0 && g.num_groups >= 0 && g.inner >= 0 &&
-                          g.outer * g.num_groups * g.inner == x.numel(),
-                      "wgsef.", op, ": layout entry ", i, " (", g.outer, ", ", g.num_groups, ", ",
-                      g.inner, ") does not cover the ", x.numel(), " elements of xs[", i, "]");
+    t.layout = check_group_layout(op, t.data, ids, layout[3 * i + 1], w);
+    return t;
   }
-  if (!weights.empty()) attach_weights(op, t.layout, x, weights.get(i));
+  GroupLayout& g = t.layout;
+  g.outer = layout[3 * i];
+  g.num_groups = layout[3 * i + 1];
+  g.inner = layout[3 * i + 2];
+  int64_t size = 0;
+  const bool overflows = __builtin_mul_overflow(g.outer, g.num_groups, &size) ||
+                         __builtin_mul_overflow(size, g.inner, &size);
+  TORCH_CHECK_VALUE(
+      g.outer >= 0 && g.num_groups >= 0 && g.inner >= 0 && !overflows && size == x.numel(),
+      "wgsef.", op, ": layout entry ", i, " (", g.outer, ", ", g.num_groups, ", ", g.inner,
+      ") does not cover the ", x.numel(), " elements of xs[", i, "]",
+      overflows ? " (its product overflows int64)" : "");
+  attach_weights(op, g, x, w);
   return t;
 }
 
-// The list arguments of prox_multi_ (every backend): layout, ids, weights,
-// budgets and strengths agree with the number of tensors.
-inline void check_term_lists(const char* op, int64_t n, at::IntArrayRef layout,
-                             const c10::List<std::optional<at::Tensor>>& group_ids,
-                             const c10::List<std::optional<at::Tensor>>& weights, at::IntArrayRef k,
-                             const at::Tensor& lam, const at::Tensor& lr, bool shared) {
+// prox_multi_ on every backend: the lists agree with the number of tensors,
+// every tensor is on xs[0]'s device with a valid layout, and every value held
+// on the host (lam and lr as CPU tensors, weights of CPU tensors) is checked.
+// Values on a device are not read back, so that the call can be captured in a
+// CUDA graph; ProxSGD checks them when it is built.
+inline std::vector<GroupedTensor> check_prox_multi_args(
+    const char* op, at::TensorList xs, at::IntArrayRef layout,
+    const c10::List<std::optional<at::Tensor>>& group_ids,
+    const c10::List<std::optional<at::Tensor>>& weights, at::IntArrayRef k, const at::Tensor& lam,
+    const at::Tensor& lr, bool shared) {
+  const int64_t n = static_cast<int64_t>(xs.size());
   TORCH_CHECK_VALUE(static_cast<int64_t>(layout.size()) == 3 * n, "wgsef.", op,
                     ": layout must have 3 entries per tensor (", 3 * n, "), got ", layout.size());
   TORCH_CHECK_VALUE(group_ids.empty() || static_cast<int64_t>(group_ids.size()) == n, "wgsef.", op,
@@ -155,6 +223,26 @@ inline void check_term_lists(const char* op, int64_t n, at::IntArrayRef layout,
   check_scalar_tensor(op, "lr", lr);
   TORCH_CHECK_VALUE(lam.dim() <= 1 && (lam.numel() == 1 || lam.numel() == terms), "wgsef.", op,
                     ": lam must have 1 or ", terms, " entries, got shape ", lam.sizes());
+  TORCH_CHECK_TYPE(!lam.is_complex() && lam.scalar_type() != at::kBool, "wgsef.", op,
+                   ": lam must be real, got ", lam.scalar_type());
+  if (lam.device().is_cpu()) {
+    const at::Tensor values = lam.to(at::kDouble).contiguous();
+    for (int64_t i = 0; i < lam.numel(); ++i)
+      check_nonnegative(op, "lam", values.const_data_ptr<double>()[i]);
+  }
+  if (lr.device().is_cpu()) check_nonnegative(op, "lr", lr.item<double>());
+  std::vector<GroupedTensor> tensors;
+  tensors.reserve(n);
+  int64_t offset = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    TORCH_CHECK_VALUE(xs[i].device() == xs[0].device(), "wgsef.", op,
+                      ": every tensor must be on xs[0]'s device ", xs[0].device(), ", got xs[", i,
+                      "] on ", xs[i].device());
+    tensors.push_back(check_grouped_tensor(op, xs[i], i, layout, group_ids, weights, offset));
+    if (xs[i].device().is_cpu()) check_weight_values(op, tensors.back().layout);
+    offset += tensors.back().layout.num_groups;
+  }
+  return tensors;
 }
 
 // How w splits into N:M groups along dim, after validation.

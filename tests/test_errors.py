@@ -5,6 +5,8 @@ import torch
 
 import wgsef
 
+OPS = torch.ops.wgsef
+
 
 def test_x_dtype():
     for bad in (torch.arange(6).reshape(2, 3), torch.zeros(2, 3, dtype=torch.complex64)):
@@ -67,11 +69,15 @@ def test_group_ids():
         wgsef.prox(x, 1, 0.1, torch.zeros(6, 4))
     ids = torch.zeros(6, 4, dtype=torch.long)
     ids[2, 1] = 7
-    with pytest.raises(ValueError, match=r"group_ids must lie in \[0, num_groups = 3\)"):
+    with pytest.raises(ValueError, match=r"groups: group ids must lie in \[0, 3\) \(one weight per group\), got id 7"):
         wgsef.prox(x, 1, 0.1, ids, weights=torch.ones(3))
+    with pytest.raises(ValueError, match=r"group_ids must lie in \[0, num_groups = 3\)"):
+        torch.ops.wgsef.prox(x, 1, torch.tensor(0.1), torch.ones(3), ids, 3)
     ids[2, 1] = -1
-    with pytest.raises(ValueError, match="group_ids must lie in"):
+    with pytest.raises(ValueError, match="groups: group ids must be >= 0, got -1"):
         wgsef.value(x, 1, ids)
+    with pytest.raises(ValueError, match="group_ids must lie in"):
+        torch.ops.wgsef.value(x, 1, None, ids, 3)
     with pytest.raises(TypeError, match="group_ids must be an int64 tensor"):
         torch.ops.wgsef.value(x, 1, None, ids.int(), 2)
     with pytest.raises(ValueError, match="num_groups must be >= 0"):
@@ -126,3 +132,51 @@ def test_prox_multi_checks_every_term_before_changing_any_tensor():
             xs, layout, [], [None, torch.tensor([1.0, -2.0, 1.0, 1.0, 1.0])], [2, 2], torch.tensor(0.1), one, False
         )
     assert all(torch.equal(x, b) for x, b in zip(xs, before))
+
+
+def test_prox_multi_checks_every_argument_before_writing(device):
+    a = torch.randn(4, 3, device=device)
+    b = torch.randn(5, 2, device=device)
+    a0, b0 = a.clone(), b.clone()
+    lam, lr = torch.tensor(0.5), torch.tensor(1.0)
+    bad_ids = torch.full((5, 2), 7, dtype=torch.long, device=device)
+    with pytest.raises(ValueError, match=r"group_ids must lie in \[0, num_groups = 3\)"):
+        OPS.prox_multi_.default([a, b], [1, 4, 3, 0, 3, 0], [None, bad_ids], [], [2, 1], lam, lr)
+    assert torch.equal(a, a0) and torch.equal(b, b0)
+    # lam and lr are checked one by one, not through their product
+    with pytest.raises(ValueError, match=r"lam must be finite and >= 0, got -0\.5"):
+        OPS.prox_multi_.default([a], [1, 4, 3], [], [], [2], torch.tensor(-0.5), torch.tensor(-1.0))
+    with pytest.raises(ValueError, match="lr must be finite and >= 0, got -1"):
+        OPS.prox_multi_.default([a], [1, 4, 3], [], [], [2], torch.tensor(0.5), torch.tensor(-1.0))
+    # a layout whose product overflows int64 is named as such
+    with pytest.raises(ValueError, match="overflows int64"):
+        OPS.prox_multi_.default([a], [2**62, 4, 0], [], [], [2], lam, lr)
+    assert torch.equal(a, a0)
+
+
+def test_group_counts_and_bad_scalars_get_clear_errors(device):
+    x = torch.randn(24, device=device)
+    ids = torch.zeros(24, dtype=torch.long, device=device)
+    with pytest.raises(ValueError, match=r"num_groups \(2305843009213693952\) exceeds the number of elements \(24\)"):
+        OPS.value.default(x, 2, None, ids, 2**61)
+    with pytest.raises(TypeError, match="weights: expected a tensor or a sequence of floats"):
+        wgsef.prox(torch.randn(8, 4, device=device), 2, 0.1, weights="abc")
+    with pytest.raises(TypeError, match="decay: expected a float"):
+        wgsef.nm_decay(torch.randn(4, 8, device=device), 2, 4, "abc")
+
+
+def test_ids_far_beyond_the_tensor_use_memory_for_the_used_groups():
+    x = torch.randn(4, 6, dtype=torch.float64)
+    big = torch.zeros(4, 6, dtype=torch.long)
+    big[:, 3:] = 2**36  # two groups, numbered 0 and 2**36
+    small = (big > 0).long()
+    torch.testing.assert_close(wgsef.prox(x, 1, 0.3, big), wgsef.prox(x, 1, 0.3, small))
+    torch.testing.assert_close(wgsef.value(x, 1, big), wgsef.value(x, 1, small))
+    y = x.clone()
+    wgsef.prox_(y, 1, 0.3, big)
+    torch.testing.assert_close(y, wgsef.prox(x, 1, 0.3, small))
+    sparse_ids = small * 30  # ids 0 and 30 of 24 elements: norms come back in place
+    norms = wgsef.group_norms(x, sparse_ids)
+    assert norms.shape == (31,)
+    torch.testing.assert_close(norms[[0, 30]], wgsef.group_norms(x, small))
+    assert torch.equal(norms[1:30], torch.zeros(29, dtype=torch.float64))

@@ -438,3 +438,55 @@ def test_capturable_per_tensor_lam_with_a_param_lacking_its_gradient():
             opt.step()
     for pa, pb in zip(*(m.parameters() for m in models)):
         torch.testing.assert_close(pb, pa, rtol=1e-12, atol=1e-14)
+
+
+def test_a_step_that_would_fail_changes_nothing():
+    p1 = nn.Parameter(torch.randn(3, 4))
+    p2 = nn.Parameter(torch.randn(3, 4))
+    ids = torch.tensor([[0, 1, 2, 5]] * 3)
+    # ids out of range for the weights: rejected when the optimizer is built, naming the tensor
+    with pytest.raises(ValueError, match=r"group ids must lie in \[0, 3\).*\(for params\[1\]\)"):
+        wgsef.ProxSGD([p1, p2], lr=0.1, k=1, lam=0.5, groups=["filters", ids], weights=[None, torch.ones(3)])
+    opt = wgsef.ProxSGD([p1, p2], lr=0.1, momentum=0.9, k=1, lam=0.5)
+    p1.grad, p2.grad = torch.randn(3, 4), torch.randn(3, 4)
+    opt.step()
+    before = [p1.detach().clone(), p2.detach().clone()]
+    buffers = [opt.state[p]["momentum_buffer"].clone() for p in (p1, p2)]
+    opt.param_groups[0]["lam"] = -1.0  # changed after construction
+    with pytest.raises(ValueError, match="lam: expected finite values >= 0"):
+        opt.step()
+    opt.param_groups[0]["lam"] = 0.5
+    opt.param_groups[0]["lr"] = float("nan")
+    with pytest.raises(ValueError, match="lr: expected lr >= 0 in param group 0"):
+        opt.step()
+    for p, b, buf in zip((p1, p2), before, buffers):
+        assert torch.equal(p.detach(), b)
+        assert torch.equal(opt.state[p]["momentum_buffer"], buf)
+
+
+def test_sparse_gradients_in_a_group_without_budget_behave_like_sgd():
+    torch.manual_seed(0)
+    emb, ref_emb = nn.Embedding(10, 3, sparse=True), nn.Embedding(10, 3, sparse=True)
+    ref_emb.load_state_dict(emb.state_dict())
+    lin = nn.Linear(3, 4)
+    opt = wgsef.ProxSGD([{"params": [emb.weight], "k": None}, {"params": [lin.weight], "k": 2, "lam": 0.1}], lr=0.1)
+    ref_opt = torch.optim.SGD(ref_emb.parameters(), lr=0.1)
+    idx = torch.tensor([1, 4, 4, 7])
+    for _ in range(3):
+        opt.zero_grad()
+        ref_opt.zero_grad()
+        lin(emb(idx)).sum().backward()
+        ref_emb(idx).sum(0).mul(lin.weight.detach().sum(0)).sum().backward()
+        opt.step()
+        ref_opt.step()
+    assert torch.equal(emb.weight, ref_emb.weight)
+    # a sparse gradient in a group with a budget is refused before anything moves
+    bad = nn.Embedding(10, 3, sparse=True)
+    budget = {"k": 2, "lam": 0.1}
+    opt = wgsef.ProxSGD([{"params": [lin.weight], **budget}, {"params": [bad.weight], **budget}], lr=0.1)
+    lin.weight.grad = torch.ones_like(lin.weight)
+    bad(idx).sum().backward()
+    w0 = lin.weight.detach().clone()
+    with pytest.raises(RuntimeError, match="params\\[0\\] of param group 1 has a sparse gradient"):
+        opt.step()
+    assert torch.equal(lin.weight.detach(), w0)

@@ -109,11 +109,4 @@ void scale_groups(const at::Tensor& src, const at::Tensor& dst, const GroupLayou
   });
 }
 
-const double* host_weights(const char* op, const GroupLayout& g) {
-  if (!g.weights.defined()) return nullptr;
-  const double* d = g.weights.const_data_ptr<double>();
-  check_host_weights(op, d, g.num_groups);
-  return d;
-}
-
 }  // namespace wgsef::cpu

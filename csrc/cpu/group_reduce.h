@@ -16,7 +16,4 @@ PooledBuffer<double> group_sq_norms(const at::Tensor& x, const GroupLayout& g);
 void scale_groups(const at::Tensor& src, const at::Tensor& dst, const GroupLayout& g,
                   const double* factors);
 
-// The weights as host doubles, or nullptr for all ones; checks their values.
-const double* host_weights(const char* op, const GroupLayout& g);
-
 }  // namespace wgsef::cpu

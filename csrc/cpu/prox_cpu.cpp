@@ -10,43 +10,36 @@
 namespace wgsef::cpu {
 namespace {
 
-void prox_into(const char* op, const at::Tensor& src, const at::Tensor& dst, int64_t k,
-               const at::Tensor& lam, const std::optional<at::Tensor>& weights,
-               const GroupLayout& layout) {
-  GroupLayout g = layout;
-  check_k(op, k);
-  check_scalar_tensor(op, "lam", lam);
-  const double l = lam.item<double>();
-  check_lam_value(op, l);
-  attach_weights(op, g, src, weights);
-  const double* d = host_weights(op, g);
+// prox of src into dst (which may be src), both contiguous.
+void prox_into(const at::Tensor& src, const at::Tensor& dst, int64_t k, const ProxArgs& a) {
+  const GroupLayout& g = a.layout;
   const PooledBuffer<double> sq = group_sq_norms(src, g);
   PooledBuffer<double> factors(g.num_groups);
   WorkspaceLease ws;
-  prox_factors(sq.data(), d, g.num_groups, k, l, factors.data(), ws.get());
+  prox_factors(sq.data(), g.weight_data(), g.num_groups, k, a.lam, factors.data(), ws.get());
   scale_groups(src, dst, g, factors.data());
 }
 
 at::Tensor prox(const at::Tensor& x, int64_t k, const at::Tensor& lam,
                 const std::optional<at::Tensor>& weights,
                 const std::optional<at::Tensor>& group_ids, int64_t num_groups) {
-  const GroupLayout g = check_group_layout("prox", x, group_ids, num_groups);
+  const ProxArgs a = check_prox_args("prox", x, k, lam, weights, group_ids, num_groups);
   const at::Tensor xc = x.contiguous();
   at::Tensor out = empty_output(xc.sizes(), xc.options());
-  prox_into("prox", xc, out, k, lam, weights, g);
+  prox_into(xc, out, k, a);
   return out;
 }
 
 void prox_(at::Tensor& x, int64_t k, const at::Tensor& lam,
            const std::optional<at::Tensor>& weights, const std::optional<at::Tensor>& group_ids,
            int64_t num_groups) {
-  const GroupLayout g = check_group_layout("prox_", x, group_ids, num_groups);
+  const ProxArgs a = check_prox_args("prox_", x, k, lam, weights, group_ids, num_groups);
   if (x.is_contiguous()) {
-    prox_into("prox_", x, x, k, lam, weights, g);
+    prox_into(x, x, k, a);
     return;
   }
   const at::Tensor xc = x.contiguous();
-  prox_into("prox_", xc, xc, k, lam, weights, g);
+  prox_into(xc, xc, k, a);
   x.copy_(xc);
 }
 

@@ -17,13 +17,21 @@ constexpr const char* kOp = "prox_multi_";
 
 // One term per tensor: norms, search and scaling one tensor at a time, so that
 // the scaling pass finds a tensor that fits the last-level cache still there.
+// Tensors with group ids get their norms first: that pass checks the ids, and
+// it must fail before any tensor changes.
 void prox_per_tensor(std::vector<GroupedTensor>& tensors, at::IntArrayRef k,
                      const std::vector<double>& strengths, Workspace& ws) {
+  std::vector<PooledBuffer<double>> id_norms;
+  for (const GroupedTensor& t : tensors)
+    if (t.layout.group_ids.defined()) id_norms.push_back(group_sq_norms(t.data, t.layout));
+  size_t next_id_norms = 0;
   for (size_t i = 0; i < tensors.size(); ++i) {
     GroupedTensor& t = tensors[i];
-    const PooledBuffer<double> sq = group_sq_norms(t.data, t.layout);
+    const PooledBuffer<double> sq = t.layout.group_ids.defined()
+                                        ? std::move(id_norms[next_id_norms++])
+                                        : group_sq_norms(t.data, t.layout);
     PooledBuffer<double> factors(sq.size());
-    prox_factors(sq.data(), host_weights(kOp, t.layout), t.layout.num_groups, k[i], strengths[i],
+    prox_factors(sq.data(), t.layout.weight_data(), t.layout.num_groups, k[i], strengths[i],
                  factors.data(), ws);
     scale_groups(t.data, t.data, t.layout, factors.data());
   }
@@ -39,7 +47,7 @@ void prox_shared(std::vector<GroupedTensor>& tensors, int64_t k, double strength
     const PooledBuffer<double> tensor_sq = group_sq_norms(t.data, t.layout);
     sq.insert(sq.end(), tensor_sq.data(), tensor_sq.data() + tensor_sq.size());
     if (!weighted) continue;
-    const double* w = host_weights(kOp, t.layout);
+    const double* w = t.layout.weight_data();
     if (w) {
       d.insert(d.end(), w, w + t.layout.num_groups);
     } else {
@@ -57,32 +65,23 @@ void prox_multi_(at::TensorList xs, at::IntArrayRef layout,
                  const c10::List<std::optional<at::Tensor>>& group_ids,
                  const c10::List<std::optional<at::Tensor>>& weights, at::IntArrayRef k,
                  const at::Tensor& lam, const at::Tensor& lr, bool shared) {
-  const int64_t n = static_cast<int64_t>(xs.size());
-  check_term_lists(kOp, n, layout, group_ids, weights, k, lam, lr, shared);
-  // every argument is checked before the first tensor changes
-  std::vector<GroupedTensor> tensors;
-  tensors.reserve(n);
-  int64_t offset = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    tensors.push_back(check_grouped_tensor(kOp, xs[i], i, layout, group_ids, weights, offset));
-    host_weights(kOp, tensors.back().layout);
-    offset += tensors.back().layout.num_groups;
-  }
+  std::vector<GroupedTensor> tensors =
+      check_prox_multi_args(kOp, xs, layout, group_ids, weights, k, lam, lr, shared);
+  if (tensors.empty()) return;
   const at::Tensor lam_host = lam.to(at::kDouble).contiguous();
   const double step = lr.item<double>();
-  std::vector<double> strengths(shared ? std::min<size_t>(1, tensors.size()) : tensors.size());
+  std::vector<double> strengths(shared ? 1 : tensors.size());
   for (size_t t = 0; t < strengths.size(); ++t) {
     strengths[t] = step * lam_host.const_data_ptr<double>()[lam.numel() == 1 ? 0 : t];
-    check_lam_value(kOp, strengths[t]);
+    check_nonnegative(kOp, "lr * lam", strengths[t]);
   }
-  if (tensors.empty()) return;
   WorkspaceLease ws;
   if (shared) {
     prox_shared(tensors, k[0], strengths[0], ws.get());
   } else {
     prox_per_tensor(tensors, k, strengths, ws.get());
   }
-  for (int64_t i = 0; i < n; ++i)
+  for (size_t i = 0; i < tensors.size(); ++i)
     if (!tensors[i].data.is_same(xs[i])) xs[i].copy_(tensors[i].data);
 }
 

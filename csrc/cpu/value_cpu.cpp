@@ -15,7 +15,7 @@ namespace {
 
 at::Tensor group_norms(const at::Tensor& x, const std::optional<at::Tensor>& group_ids,
                        int64_t num_groups) {
-  const GroupLayout g = check_group_layout("group_norms", x, group_ids, num_groups);
+  const GroupLayout g = check_group_layout("group_norms", x, group_ids, num_groups, std::nullopt);
   const PooledBuffer<double> sq = group_sq_norms(x.contiguous(), g);
   at::Tensor out = at::empty({g.num_groups}, x.options().dtype(at::kDouble));
   double* p = out.mutable_data_ptr<double>();
@@ -25,29 +25,23 @@ at::Tensor group_norms(const at::Tensor& x, const std::optional<at::Tensor>& gro
 
 at::Tensor value(const at::Tensor& x, int64_t k, const std::optional<at::Tensor>& weights,
                  const std::optional<at::Tensor>& group_ids, int64_t num_groups) {
-  GroupLayout g = check_group_layout("value", x, group_ids, num_groups);
-  check_k("value", k);
-  attach_weights("value", g, x, weights);
-  const double* d = host_weights("value", g);
+  const GroupLayout g = check_value_args("value", x, k, weights, group_ids, num_groups);
   const PooledBuffer<double> sq = group_sq_norms(x.contiguous(), g);
   WorkspaceLease ws;
-  return at::scalar_tensor(envelope_value(sq.data(), d, g.num_groups, k, ws.get()), x.options());
+  return at::scalar_tensor(envelope_value(sq.data(), g.weight_data(), g.num_groups, k, ws.get()),
+                           x.options());
 }
 
 at::Tensor value_backward(const at::Tensor& grad, const at::Tensor& x, int64_t k,
                           const std::optional<at::Tensor>& weights,
                           const std::optional<at::Tensor>& group_ids, int64_t num_groups) {
-  GroupLayout g = check_group_layout("value_backward", x, group_ids, num_groups);
-  check_k("value_backward", k);
-  TORCH_CHECK_VALUE(grad.numel() == 1,
-                    "wgsef.value_backward: grad must have one element, got shape ", grad.sizes());
-  attach_weights("value_backward", g, x, weights);
-  const double* d = host_weights("value_backward", g);
+  const GroupLayout g = check_value_args("value_backward", x, k, weights, group_ids, num_groups);
+  check_upstream_grad(grad);
   const at::Tensor xc = x.contiguous();
   const PooledBuffer<double> sq = group_sq_norms(xc, g);
   PooledBuffer<double> scales(g.num_groups);
   WorkspaceLease ws;
-  envelope_grad_scales(sq.data(), d, g.num_groups, k, scales.data(), ws.get());
+  envelope_grad_scales(sq.data(), g.weight_data(), g.num_groups, k, scales.data(), ws.get());
   const double upstream = grad.item<double>();
   for (int64_t i = 0; i < scales.size(); ++i) scales.data()[i] *= upstream;
   at::Tensor out = empty_output(xc.sizes(), xc.options());

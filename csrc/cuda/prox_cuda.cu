@@ -599,24 +599,8 @@ void launch_search(const std::vector<Term>& terms, Scalar lr, const at::Tensor& 
 
 at::TensorOptions doubles_on(const at::Tensor& x) { return x.options().dtype(at::kDouble); }
 
-// Validates weights on the host (a synchronisation): single-tensor ops only.
-void check_weights_values(const char* op, const GroupLayout& g) {
-  if (!g.weights.defined()) return;
-  const at::Tensor host = g.weights.cpu();
-  check_host_weights(op, host.const_data_ptr<double>(), g.num_groups);
-}
-
-GroupedTensor single_tensor(const char* op, const at::Tensor& x,
-                            const std::optional<at::Tensor>& group_ids, int64_t num_groups,
-                            const std::optional<at::Tensor>& weights) {
-  GroupedTensor t{x.contiguous(), check_group_layout(op, x, group_ids, num_groups), 0};
-  attach_weights(op, t.layout, x, weights);
-  return t;
-}
-
 Term single_term(const GroupedTensor& t, int64_t k, Scalar lam) {
-  return {0, t.layout.num_groups, k,
-          t.layout.weights.defined() ? t.layout.weights.const_data_ptr<double>() : nullptr, lam};
+  return {0, t.layout.num_groups, k, t.layout.weight_data(), lam};
 }
 
 at::Tensor sq_norms(const GroupedTensor& t) {
@@ -628,16 +612,16 @@ at::Tensor sq_norms(const GroupedTensor& t) {
 at::Tensor group_norms(const at::Tensor& x, const std::optional<at::Tensor>& group_ids,
                        int64_t num_groups) {
   const c10::cuda::CUDAGuard guard(x.device());
-  const GroupedTensor t = single_tensor("group_norms", x, group_ids, num_groups, std::nullopt);
+  const GroupedTensor t{x.contiguous(),
+                        check_group_layout("group_norms", x, group_ids, num_groups, std::nullopt)};
   return at::sqrt(sq_norms(t)).to(c10::promoteTypes(x.scalar_type(), at::kFloat));
 }
 
 at::Tensor value(const at::Tensor& x, int64_t k, const std::optional<at::Tensor>& weights,
                  const std::optional<at::Tensor>& group_ids, int64_t num_groups) {
   const c10::cuda::CUDAGuard guard(x.device());
-  const GroupedTensor t = single_tensor("value", x, group_ids, num_groups, weights);
-  check_k("value", k);
-  check_weights_values("value", t.layout);
+  const GroupedTensor t{x.contiguous(),
+                        check_value_args("value", x, k, weights, group_ids, num_groups)};
   at::Tensor sq = sq_norms(t);
   at::Tensor out = at::empty({1}, doubles_on(x));
   launch_search<Want::kValue>({single_term(t, k, {})}, {}, sq, out.mutable_data_ptr<double>());
@@ -648,8 +632,9 @@ at::Tensor value_backward(const at::Tensor& grad, const at::Tensor& x, int64_t k
                           const std::optional<at::Tensor>& weights,
                           const std::optional<at::Tensor>& group_ids, int64_t num_groups) {
   const c10::cuda::CUDAGuard guard(x.device());
-  const GroupedTensor t = single_tensor("value_backward", x, group_ids, num_groups, weights);
-  check_k("value_backward", k);
+  const GroupedTensor t{x.contiguous(),
+                        check_value_args("value_backward", x, k, weights, group_ids, num_groups)};
+  check_upstream_grad(grad);
   at::Tensor scales = sq_norms(t);
   launch_search<Want::kGradScales>({single_term(t, k, {})}, {}, scales,
                                    scales.mutable_data_ptr<double>());
@@ -659,13 +644,10 @@ at::Tensor value_backward(const at::Tensor& grad, const at::Tensor& x, int64_t k
   return out;
 }
 
-// prox of t.data into dst (which may be t.data).
+// prox of t.data into dst (which may be t.data); lam was checked on the host,
+// the kernel reads it where it lies.
 void prox_into(const char* op, const GroupedTensor& t, const at::Tensor& dst, int64_t k,
                const at::Tensor& lam) {
-  check_k(op, k);
-  check_scalar_tensor(op, "lam", lam);
-  check_weights_values(op, t.layout);
-  check_lam_value(op, lam.item<double>());
   const ScalarArray lams(op, "lam", lam, t.data.device());
   at::Tensor factors = sq_norms(t);
   double* f = factors.mutable_data_ptr<double>();
@@ -677,7 +659,8 @@ at::Tensor prox(const at::Tensor& x, int64_t k, const at::Tensor& lam,
                 const std::optional<at::Tensor>& weights,
                 const std::optional<at::Tensor>& group_ids, int64_t num_groups) {
   const c10::cuda::CUDAGuard guard(x.device());
-  const GroupedTensor t = single_tensor("prox", x, group_ids, num_groups, weights);
+  const GroupedTensor t{x.contiguous(),
+                        check_prox_args("prox", x, k, lam, weights, group_ids, num_groups).layout};
   at::Tensor out = at::empty_like(t.data);
   prox_into("prox", t, out, k, lam);
   return out;
@@ -687,34 +670,28 @@ void prox_(at::Tensor& x, int64_t k, const at::Tensor& lam,
            const std::optional<at::Tensor>& weights, const std::optional<at::Tensor>& group_ids,
            int64_t num_groups) {
   const c10::cuda::CUDAGuard guard(x.device());
-  const GroupedTensor t = single_tensor("prox_", x, group_ids, num_groups, weights);
+  const GroupedTensor t{x.contiguous(),
+                        check_prox_args("prox_", x, k, lam, weights, group_ids, num_groups).layout};
   prox_into("prox_", t, t.data, k, lam);
   if (!t.data.is_same(x)) x.copy_(t.data);
 }
 
-// The optimizer's call: no host synchronisation on strided layouts (values were
-// validated when the optimizer was built), so a step can be captured in a CUDA
-// graph.
+// The optimizer's call: no host synchronisation on strided layouts with lam,
+// lr and weights on the device, so a step can be captured in a CUDA graph.
 void prox_multi_(at::TensorList xs, at::IntArrayRef layout,
                  const c10::List<std::optional<at::Tensor>>& group_ids,
                  const c10::List<std::optional<at::Tensor>>& weights, at::IntArrayRef k,
                  const at::Tensor& lam, const at::Tensor& lr, bool shared) {
   const char* op = "prox_multi_";
+  std::vector<GroupedTensor> tensors =
+      check_prox_multi_args(op, xs, layout, group_ids, weights, k, lam, lr, shared);
   const int64_t n = static_cast<int64_t>(xs.size());
-  check_term_lists(op, n, layout, group_ids, weights, k, lam, lr, shared);
   if (n == 0) return;
   const c10::Device device = xs[0].device();
   const c10::cuda::CUDAGuard guard(device);
-  std::vector<GroupedTensor> tensors;
   std::vector<at::Tensor> data;  // the outputs: tensors[i].data, scaled in place
-  int64_t total = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    TORCH_CHECK_VALUE(xs[i].device() == device, "wgsef.", op, ": every tensor must be on ", device,
-                      ", got xs[", i, "] on ", xs[i].device());
-    tensors.push_back(check_grouped_tensor(op, xs[i], i, layout, group_ids, weights, total));
-    total += tensors.back().layout.num_groups;
-    data.push_back(tensors.back().data);
-  }
+  for (const GroupedTensor& t : tensors) data.push_back(t.data);
+  const int64_t total = tensors.back().offset + tensors.back().layout.num_groups;
   at::Tensor factors = at::empty({total}, doubles_on(xs[0]));
   double* f = factors.mutable_data_ptr<double>();
   launch_sq_norms(tensors, f);

@@ -23,7 +23,7 @@ import math
 import torch
 
 from . import ops
-from .groups import GroupSpec, group_layout
+from .groups import GroupSpec, group_layout, renumbered
 
 __all__ = ["group_norms", "prox", "prox_", "value"]
 
@@ -64,7 +64,12 @@ def _weights_tensor(weights, x: torch.Tensor) -> torch.Tensor | None:
     if weights is None:
         return None
     if not isinstance(weights, torch.Tensor):
-        return torch.as_tensor(weights, dtype=torch.float64, device=x.device)
+        if isinstance(weights, (str, bytes)):
+            raise TypeError(f"weights: expected a tensor or a sequence of floats, got {type(weights).__name__}")
+        try:
+            return torch.as_tensor(weights, dtype=torch.float64, device=x.device)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise TypeError(f"weights: expected a tensor or a sequence of floats, got {weights!r}") from err
     if weights.device != x.device:
         raise ValueError(f"weights: expected a tensor on x's device {x.device}, got {weights.device}")
     return weights
@@ -74,10 +79,17 @@ def _resolve(x: torch.Tensor, groups: GroupSpec, weights):
     weights = _weights_tensor(weights, x)
     layout = group_layout(x, groups, weights)
     if layout.shape is not None:
-        view = x.reshape(layout.shape)
-    else:
-        view = x
-    return view, layout, weights
+        return x.reshape(layout.shape), layout, weights
+    if layout.num_groups > x.numel():
+        _check_weight_values(weights)
+        layout, weights, _ = renumbered(layout, weights)
+    return x, layout, weights
+
+
+def _check_weight_values(weights: torch.Tensor | None) -> None:
+    # the ops check the weights they get; renumbering hands them a subset
+    if weights is not None and not bool(((weights > 0) & torch.isfinite(weights)).all()):
+        raise ValueError("weights: must be positive and finite")
 
 
 def group_norms(x: torch.Tensor, groups: GroupSpec = "filters") -> torch.Tensor:
@@ -92,8 +104,14 @@ def group_norms(x: torch.Tensor, groups: GroupSpec = "filters") -> torch.Tensor:
         16-bit inputs, else x's dtype. Blocks of 256 squares are summed in float
         lanes (float64 for float64 inputs), the blocks in float64. O(n) time.
     """
-    view, layout, _ = _resolve(x, groups, None)
-    return ops.group_norms(view, layout.group_ids, layout.num_groups)
+    layout = group_layout(x, groups)
+    if layout.shape is not None:
+        return ops.group_norms(x.reshape(layout.shape), None, layout.num_groups)
+    if layout.num_groups > x.numel():  # most groups empty: norms of the used ones, put in place
+        used_layout, _, used = renumbered(layout, None)
+        norms = ops.group_norms(x, used_layout.group_ids, used_layout.num_groups)
+        return norms.new_zeros(layout.num_groups).index_copy_(0, used, norms)
+    return ops.group_norms(x, layout.group_ids, layout.num_groups)
 
 
 def value(
@@ -172,8 +190,7 @@ def prox_(
     """In-place :func:`prox`: overwrites x with the proximal point and returns x."""
     _check_k(k)
     lam_t = _lam_tensor(lam, x)
-    weights = _weights_tensor(weights, x)
-    layout = group_layout(x, groups, weights)
+    _, layout, weights = _resolve(x, groups, weights)
     if layout.shape is None:
         ops.prox_(x, k, lam_t, weights, layout.group_ids, layout.num_groups)
     elif x.is_contiguous():

@@ -76,13 +76,30 @@ def group_layout(x: torch.Tensor, groups: GroupSpec, weights: torch.Tensor | Non
         if ids.device != x.device:
             raise ValueError(f"groups: group ids are on {ids.device}, x on {x.device}")
         ids = ids.to(torch.int64)
-        if weights is not None:
-            num_groups = weights.numel()
-        else:
-            num_groups = int(ids.max()) + 1 if ids.numel() > 0 else 0
+        lowest, highest = (int(ids.min()), int(ids.max())) if ids.numel() > 0 else (0, -1)
+        if lowest < 0:
+            raise ValueError(f"groups: group ids must be >= 0, got {lowest}")
+        num_groups = weights.numel() if weights is not None else highest + 1
+        if highest >= num_groups:
+            raise ValueError(
+                f"groups: group ids must lie in [0, {num_groups}) (one weight per group), got id {highest}"
+            )
         return GroupLayout(None, ids, num_groups)
     shape = _strided_shape(x, groups)
     return GroupLayout(shape, None, shape[1])
+
+
+def renumbered(
+    layout: GroupLayout, weights: torch.Tensor | None
+) -> tuple[GroupLayout, torch.Tensor | None, torch.Tensor]:
+    """The groups of an id layout that hold elements, renumbered 0..G'-1, with their
+    weights and the original ids of the kept groups. Empty groups change neither
+    WGSEF's value nor its prox, so ops may run on these alone; with ids far larger
+    than the tensor (more groups than elements) this keeps per-group memory in
+    proportion to the elements rather than to the largest id."""
+    used, inverse = torch.unique(layout.group_ids, return_inverse=True)
+    kept = weights[used] if weights is not None else None
+    return GroupLayout(None, inverse.reshape(layout.group_ids.shape), used.numel()), kept, used
 
 
 def num_groups(x: torch.Tensor, groups: GroupSpec = "filters") -> int:

@@ -78,6 +78,8 @@ def nm_decay(
             gradient, pulling pruned weights towards zero (2e-4 in the paper).
     """
     if not isinstance(decay, Tensor):
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)):
+            raise TypeError(f"decay: expected a float in [0, 1] or a one-element tensor, got {type(decay).__name__}")
         decay = torch.tensor(float(decay), dtype=torch.float64)
     return ops.nm_decay(w, n, m, dim, decay, grad_mode, srste_weight)[0]
 

@@ -20,7 +20,7 @@ from torch.optim import Optimizer
 from torch.optim.sgd import sgd as sgd_functional
 
 from . import ops
-from .groups import GroupSpec, group_layout
+from .groups import GroupSpec, group_layout, renumbered
 
 __all__ = ["ProxSGD", "regularized_param_groups"]
 
@@ -73,8 +73,18 @@ class _ProxTerms:
         self.num_groups: list[int] = []
         for p, spec, w, name in zip(params, specs, weights, names):
             if w is not None and not isinstance(w, Tensor):
-                w = torch.as_tensor(w, dtype=torch.float64, device=p.device)
-            layout = group_layout(p, spec, w)
+                try:
+                    w = torch.as_tensor(w, dtype=torch.float64, device=p.device)
+                except (TypeError, ValueError, RuntimeError) as err:
+                    raise TypeError(
+                        f"weights: expected a tensor or a sequence of floats for {name}, got {w!r}"
+                    ) from err
+            try:
+                layout = group_layout(p, spec, w)
+            except (TypeError, ValueError) as err:
+                raise type(err)(f"{err} (for {name})") from None
+            if layout.group_ids is not None and w is None and layout.num_groups > p.numel():
+                layout, _, _ = renumbered(layout, None)  # ids far beyond the tensor: the used groups
             if w is not None and w.numel() != layout.num_groups:
                 raise ValueError(f"weights: {name} has {layout.num_groups} groups, got {w.numel()} weights")
             if w is not None and not bool((w > 0).all() and torch.isfinite(w).all()):
@@ -304,21 +314,18 @@ class ProxSGD(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
-        """One SGD step followed by the proximal step; returns the closure's loss."""
+        """One SGD step followed by the proximal step; returns the closure's loss.
+
+        Everything the step could reject (sparse gradients where a budget or
+        ``capturable`` needs dense ones, ``lr`` or ``lam`` changed to invalid values)
+        is checked for every param group before any parameter or buffer changes.
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
-            params, grads, bufs = [], [], []
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise RuntimeError("ProxSGD does not support sparse gradients")
-                params.append(p)
-                grads.append(p.grad)
-                bufs.append(self.state[p].get("momentum_buffer"))
+        work = [self._gather(index, group) for index, group in enumerate(self.param_groups)]
+        for group, (params, grads, bufs, sparse) in zip(self.param_groups, work):
             if not params:
                 continue
             if group["capturable"]:
@@ -334,7 +341,7 @@ class ProxSGD(Optimizer):
                     dampening=group["dampening"],
                     nesterov=group["nesterov"],
                     maximize=group["maximize"],
-                    has_sparse_grad=False,
+                    has_sparse_grad=sparse,
                     foreach=group["foreach"],
                     fused=group["fused"],
                     grad_scale=None,
@@ -347,6 +354,36 @@ class ProxSGD(Optimizer):
             if frozen or self._regularized(group):
                 self._proximal_step(group, with_grad=[p.grad is not None for p in group["params"]])
         return loss
+
+    def _gather(self, index: int, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor], list, bool]:
+        """The group's params with a gradient, their gradients and momentum buffers,
+        and whether a gradient is sparse; raises on what the step cannot apply."""
+        params, grads, bufs = [], [], []
+        names = group.get("names") or [f"params[{i}]" for i in range(len(group["params"]))]
+        sparse = False
+        for p, name in zip(group["params"], names):
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                if group["k"] is not None or group["capturable"]:
+                    reason = "a budget k (the prox needs dense tensors)" if group["k"] is not None else "capturable"
+                    raise RuntimeError(
+                        f"ProxSGD: {name} of param group {index} has a sparse gradient, which a group "
+                        f"with {reason} cannot take; put it in a group without k"
+                    )
+                sparse = True
+            params.append(p)
+            grads.append(p.grad)
+            bufs.append(self.state[p].get("momentum_buffer"))
+        if params:
+            lr = group["lr"]
+            if not isinstance(lr, Tensor) or lr.device.type == "cpu":  # device values are not read back
+                if not float(lr) >= 0.0:
+                    raise ValueError(f"lr: expected lr >= 0 in param group {index}, got {lr}")
+            lam = group["lam"]
+            if group["k"] is not None and (not isinstance(lam, Tensor) or lam.device.type == "cpu"):
+                _check_lam(lam, len(group["params"]), bool(group["shared_k"]))
+        return params, grads, bufs, sparse
 
     def _on_device(self, group: dict[str, Any], name: str, device: torch.device) -> Tensor:
         """group[name] as a tensor on `device`: a tensor already there is used as is; a
