@@ -88,3 +88,63 @@ def test_compact_inside_residual_blocks():
     assert small[3].body[3].out_channels == 8  # coupled to the shortcut: kept
     with torch.no_grad():
         torch.testing.assert_close(small(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def _trained_bn_model(*layers, x):
+    model = nn.Sequential(*layers)
+    model.train()
+    for _ in range(3):
+        model(x)
+    return model.eval()
+
+
+def test_compact_keeps_constant_channels_that_average_pooling_pads():
+    torch.manual_seed(0)
+    x = torch.rand(8, 1, 6, 6)
+    model = _trained_bn_model(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AvgPool2d(3, 1, padding=1), nn.Conv2d(4, 2, 1), x=x
+    )
+    with torch.no_grad():
+        model[0].weight[1] = 0
+        model[0].bias[1] = 0.7  # constant 0.7 map, but not at the borders after the padded average
+        model[0].weight[2] = 0
+        model[0].bias[2] = -1.0  # ReLU makes it exactly 0: removable
+    small = compact(model, x[:2])
+    assert small[0].out_channels == 3
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), model(x), rtol=1e-6, atol=1e-6)
+
+
+def test_compact_keeps_the_model_dtype():
+    torch.manual_seed(0)
+    x = torch.rand(4, 1, 8, 8, dtype=torch.float64)
+    model = lenet().double()
+    with torch.no_grad():
+        model[0].weight[[1, 5]] = 0
+    model.eval()
+    small = compact(model, x[:2])
+    assert all(p.dtype == torch.float64 for p in small.parameters())
+    assert all(b.dtype in (torch.float64, torch.int64) for b in small.buffers())
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), model(x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_compact_with_batch_norm_on_batch_statistics(affine):
+    torch.manual_seed(0)
+    x = torch.rand(8, 1, 6, 6)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3),
+        nn.BatchNorm2d(4, affine=affine, track_running_stats=False),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 16, 3),
+    ).eval()
+    with torch.no_grad():
+        if affine:
+            model[1].bias.copy_(torch.tensor([0.1, 0.5, -0.2, 0.3]))
+        model[0].weight[1] = 0  # normalised by batch statistics: the constant beta
+    small = compact(model, x[:2])
+    assert small[0].out_channels == 3 and small[1].num_features == 3
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), model(x), rtol=1e-5, atol=1e-5)

@@ -56,17 +56,19 @@ _PASS_THROUGH = (
 
 
 def _constant_channels(
-    layers: list[nn.Module], start: int, dead: torch.Tensor, bias: torch.Tensor | None
+    layers: list[nn.Module], start: int, dead: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype
 ) -> torch.Tensor:
     """The constant value each channel takes after the layers following a
     producer: its bias (or 0) through batch norm and activations."""
-    value = bias.detach().clone() if bias is not None else torch.zeros(dead.numel())
+    value = bias.detach().clone() if bias is not None else torch.zeros(dead.numel(), dtype=dtype, device=dead.device)
     for layer in layers[start:]:
         if isinstance(layer, nn.BatchNorm2d | nn.BatchNorm1d):
-            layer_eval = layer.training
-            layer.eval()
-            value = layer(value.view(1, -1, *([1] * (2 if isinstance(layer, nn.BatchNorm2d) else 0)))).flatten()
-            layer.train(layer_eval)
+            if layer.running_mean is not None:
+                value = (value - layer.running_mean) / torch.sqrt(layer.running_var + layer.eps)
+            else:  # batch statistics, in eval mode too: a constant channel normalises to 0
+                value = torch.zeros_like(value)
+            if layer.affine:
+                value = value * layer.weight + layer.bias
         elif isinstance(layer, _PASS_THROUGH):
             if isinstance(layer, nn.Dropout | nn.MaxPool2d | nn.AvgPool2d | nn.AdaptiveAvgPool2d | nn.Identity):
                 continue  # a constant map stays the same constant (eval mode)
@@ -112,10 +114,11 @@ def compact(model: nn.Sequential, example_input: torch.Tensor) -> nn.Sequential:
         between = layers[i + 1 : nxt_index]
         if any(not isinstance(m, _PASS_THROUGH + (nn.BatchNorm2d, nn.BatchNorm1d, nn.Flatten)) for m in between):
             continue
-        const = _constant_channels(layers, i + 1, dead, layer.bias)
+        const = _constant_channels(layers, i + 1, dead, layer.bias, layer.weight.dtype)
         flatten_at = next((j for j in range(i + 1, nxt_index) if isinstance(layers[j], nn.Flatten)), None)
-        if isinstance(nxt, nn.Conv2d) and any(p != 0 for p in _pair(nxt.padding)):
-            dead &= const == 0  # with zero padding only an exactly-zero channel folds away
+        padded_conv = isinstance(nxt, nn.Conv2d) and any(p != 0 for p in _pair(nxt.padding))
+        if padded_conv or any(_averages_padding(m) for m in between):
+            dead &= const == 0  # zero padding reaches a constant only in part: only a zero one folds away
         if not dead.any() or dead.all():
             continue
         keep = (~dead).nonzero().flatten()
@@ -125,7 +128,7 @@ def compact(model: nn.Sequential, example_input: torch.Tensor) -> nn.Sequential:
             w = nxt.weight.view(nxt.out_features, -1, per_channel)
             shift = (w[:, dead, :] * const[dead].view(1, -1, 1)).sum((1, 2))
             new_w = w[:, keep, :].reshape(nxt.out_features, -1)
-            replacement = nn.Linear(new_w.shape[1], nxt.out_features, bias=True)
+            replacement = nn.Linear(new_w.shape[1], nxt.out_features, bias=True, **_factory(nxt))
             replacement.weight.copy_(new_w)
         else:
             shift = (nxt.weight[:, dead] * const[dead].view(1, -1, 1, 1)).sum((1, 2, 3))
@@ -138,13 +141,14 @@ def compact(model: nn.Sequential, example_input: torch.Tensor) -> nn.Sequential:
                 nxt.dilation,
                 bias=True,
                 padding_mode=nxt.padding_mode,
+                **_factory(nxt),
             )
             replacement.weight.copy_(nxt.weight[:, keep])
         replacement.bias.copy_(shift + (nxt.bias if nxt.bias is not None else 0))
         layers[nxt_index] = replacement
         # shrink the producer and the batch norms in between
         if isinstance(layer, nn.Linear):
-            shrunk = nn.Linear(layer.in_features, int(keep.numel()), bias=layer.bias is not None)
+            shrunk = nn.Linear(layer.in_features, int(keep.numel()), bias=layer.bias is not None, **_factory(layer))
         else:
             shrunk = nn.Conv2d(
                 layer.in_channels,
@@ -155,6 +159,7 @@ def compact(model: nn.Sequential, example_input: torch.Tensor) -> nn.Sequential:
                 layer.dilation,
                 bias=layer.bias is not None,
                 padding_mode=layer.padding_mode,
+                **_factory(layer),
             )
         shrunk.weight.copy_(layer.weight[keep])
         if layer.bias is not None:
@@ -163,18 +168,35 @@ def compact(model: nn.Sequential, example_input: torch.Tensor) -> nn.Sequential:
         for j in range(i + 1, nxt_index):
             bn = layers[j]
             if isinstance(bn, nn.BatchNorm2d | nn.BatchNorm1d):
-                small = type(bn)(int(keep.numel()), bn.eps, bn.momentum, bn.affine, bn.track_running_stats)
+                small = type(bn)(
+                    int(keep.numel()), bn.eps, bn.momentum, bn.affine, bn.track_running_stats, **_factory(layer)
+                )
                 if bn.affine:
                     small.weight.copy_(bn.weight[keep])
                     small.bias.copy_(bn.bias[keep])
-                small.running_mean.copy_(bn.running_mean[keep])
-                small.running_var.copy_(bn.running_var[keep])
+                if bn.running_mean is not None:
+                    small.running_mean.copy_(bn.running_mean[keep])
+                    small.running_var.copy_(bn.running_var[keep])
+                    small.num_batches_tracked.copy_(bn.num_batches_tracked)
                 layers[j] = small
     return nn.Sequential(*layers).eval()
 
 
 def _pair(v) -> tuple:
     return v if isinstance(v, tuple) else (v, v)
+
+
+def _averages_padding(layer: nn.Module) -> bool:
+    """An average pooling that counts padded zeros (or partial ceil-mode windows):
+    a constant map does not stay constant at its borders."""
+    return isinstance(layer, nn.AvgPool2d) and (
+        (layer.count_include_pad and any(p != 0 for p in _pair(layer.padding))) or layer.ceil_mode
+    )
+
+
+def _factory(module: nn.Module) -> dict:
+    """The dtype and device of a conv or linear layer, for a compacted layer that replaces it or follows it."""
+    return {"dtype": module.weight.dtype, "device": module.weight.device}
 
 
 def count_params(model: nn.Module) -> int:
