@@ -145,10 +145,18 @@ def test_large_groups_across_scale_changes(n, m, device):
     assert torch.equal(wgsef.nm_mask(w.to(device), n, m).cpu(), ref_mask_sort(w, n, m, -1))
 
 
-def test_nan_ranks_largest_and_zero_signs_tie(device):
+def test_nan_ranks_with_inf_ties_go_low_and_zero_signs_tie(device):
     w = torch.tensor([[0.5, float("nan"), 2.0, -0.0], [float("inf"), 1.0, float("nan"), 0.0]], device=device)
     assert wgsef.nm_mask(w, 1, 4).tolist() == [[False, True, False, False], [True, False, False, False]]
     assert wgsef.nm_mask(w, 2, 4).tolist() == [[False, True, True, False], [True, False, True, False]]
+    # NaN and +-inf tie, so the lower index wins, on every selection path
+    # (rank form m = 4, first maximum n = 1 with m = 8, large groups m = 64)
+    for m in (4, 8, 64):
+        for first, second in ((float("inf"), float("nan")), (float("nan"), float("-inf"))):
+            row = torch.arange(1.0, m + 1.0, device=device)
+            row[m // 4], row[m // 2] = first, second
+            kept = wgsef.nm_mask(row.view(1, m), 1, m).view(-1)
+            assert kept.nonzero().view(-1).tolist() == [m // 4], (m, first, second)
     z = torch.tensor([-0.0, 0.0, -0.0, 0.0], device=device)
     assert wgsef.nm_mask(z, 2, 4).tolist() == [True, True, False, False]
 
