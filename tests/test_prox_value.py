@@ -302,3 +302,58 @@ def test_prox_multi_matches_reference(shared, device):
     for got, orig, i, f in zip(tensors, (a, b, c), id_lists, factors):
         expect = (orig.numpy().reshape(-1) * f[i]).reshape(orig.shape)
         torch.testing.assert_close(got, torch.from_numpy(expect), rtol=1e-10, atol=1e-12)
+
+
+# a magnitude per dtype whose squares overflow (or underflow) the float lanes
+EXTREMES = {
+    torch.float32: (1e20, 1e-25),
+    torch.bfloat16: (1e20, 1e-25),
+    torch.float16: (3e4, 1e-6),
+}
+
+
+@pytest.mark.parametrize("dtype", list(EXTREMES))
+@pytest.mark.parametrize("which", [0, 1])
+def test_finite_input_of_any_magnitude_gives_finite_results(dtype, which, device):
+    scale = EXTREMES[dtype][which]
+    for groups, shape in (("filters", (4, 300)), ("channels", (3, 5, 64))):
+        x = (torch.rand(shape, dtype=torch.float64) + 0.5) * scale
+        x = x.to(dtype)  # every element non-zero and representable
+        xd = x.double()
+        ids, m = ref.group_ids(tuple(shape), groups)
+        sq = ref.sq_norms(xd.numpy(), ids, m)
+        norms = wgsef.group_norms(x.to(device), groups).cpu()
+        torch.testing.assert_close(norms.double(), torch.from_numpy(np.sqrt(sq)), rtol=1e-5, atol=0)
+        assert (norms > 0).all(), "a non-zero group reported as zero"
+        out = wgsef.prox(x.to(device), 2, 0.3, groups).cpu()
+        assert torch.isfinite(out).all()
+        expect = torch.from_numpy(ref.prox(xd, 2, 0.3, groups)).to(dtype)
+        tol = 1e-5 if dtype == torch.float32 else 1e-2
+        torch.testing.assert_close(out, expect, rtol=tol, atol=0)
+
+
+@pytest.mark.parametrize("exponent", [520, -540])
+def test_float64_norms_beyond_the_square_range(exponent):
+    # squares of 2^520 overflow float64 and those of 2^-540 underflow to 0; the
+    # ops scale by a power of two and, WGSEF being 2-homogeneous, give exactly
+    # t * prox(x) and t * norms(x)
+    x = torch.rand(6, 5, dtype=torch.float64) + 0.5
+    t = 2.0**exponent
+    for groups in ("filters", "channels", torch.arange(30).reshape(6, 5) % 4):
+        norms = wgsef.group_norms(x * t, groups)
+        torch.testing.assert_close(norms, wgsef.group_norms(x, groups) * t, rtol=1e-14, atol=0)
+        for k in (1, 2):
+            out = wgsef.prox(x * t, k, 0.3, groups)
+            torch.testing.assert_close(out, wgsef.prox(x, k, 0.3, groups) * t, rtol=1e-13, atol=0)
+    y = x * t
+    wgsef.prox_(y, 2, 0.3)
+    torch.testing.assert_close(y, wgsef.prox(x, 2, 0.3) * t, rtol=1e-13, atol=0)
+    if exponent > 0:
+        assert wgsef.value(x * t, 2).item() == math.inf  # t^2 * value(x) exceeds float64
+    shared = [x * t, (x * t)[:3].clone()]
+    ops_out = [s.clone() for s in shared]
+    torch.ops.wgsef.prox_multi_(ops_out, [1, 6, 5, 1, 3, 5], [], [], [2], torch.tensor(0.3), torch.tensor(1.0), True)
+    plain = [x.clone(), x[:3].clone()]
+    torch.ops.wgsef.prox_multi_(plain, [1, 6, 5, 1, 3, 5], [], [], [2], torch.tensor(0.3), torch.tensor(1.0), True)
+    for got, want in zip(ops_out, plain):
+        torch.testing.assert_close(got, want * t, rtol=1e-13, atol=0)

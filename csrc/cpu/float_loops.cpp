@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 
 #include "cpu_features.h"
 
@@ -12,30 +13,62 @@ template <int W>
 struct Vectors {
   typedef float f32 __attribute__((vector_size(4 * W)));
   typedef double f64 __attribute__((vector_size(8 * W)));
+  typedef int32_t i32 __attribute__((vector_size(4 * W)));
 };
 
+// Below this, a block's float sum may have lost squares to float underflow
+// (squares below 2^-126 are denormal): the elements are then all below 2^-50,
+// and the block is summed again in float64 unless it is all zeros.
+constexpr float kTinyBlockSum = 0x1p-100f;
+
+WGSEF_ALWAYS_INLINE double sum_squares_f64(const float* p, int64_t n) {
+  double s = 0.0;
+  for (int64_t i = 0; i < n; ++i) s += static_cast<double>(p[i]) * p[i];
+  return s;
+}
+
 // Four accumulators of W float lanes hide the add latency; every block's sum
-// is added to W float64 lanes, which are summed once at the end.
+// is added to W float64 lanes, which are summed once at the end. A block whose
+// float sum overflowed, or underflowed while some element is non-zero (an OR of
+// the elements' bits tells), is summed again in float64, where the squares of
+// finite floats neither overflow nor underflow.
 template <int W>
 WGSEF_ALWAYS_INLINE double sum_squares_lanes(const float* p, int64_t n) {
   using f32 = typename Vectors<W>::f32;
   using f64 = typename Vectors<W>::f64;
+  using i32 = typename Vectors<W>::i32;
   constexpr int64_t kBlock = 256, kStep = 4 * W;
   f64 total{};
+  double redone = 0.0;
   int64_t i = 0;
   while (i + kStep <= n) {
-    const int64_t block_end = std::min(n, i + kBlock);
+    const int64_t block_start = i, block_end = std::min(n, i + kBlock);
     f32 acc[4] = {};
+    i32 bits{};
     for (; i + kStep <= block_end; i += kStep) {
       for (int a = 0; a < 4; ++a) {
         f32 x;
         std::memcpy(&x, p + i + a * W, sizeof x);
         acc[a] += x * x;
+        bits |= (i32)x;  // the bits, not the values
       }
     }
-    total += __builtin_convertvector((acc[0] + acc[1]) + (acc[2] + acc[3]), f64);
+    const f32 block = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    const i32 finite = block <= std::numeric_limits<float>::max();  // false for inf and NaN
+    const i32 tiny = block < kTinyBlockSum;
+    bool all_finite = true, all_tiny = true, any_bits = false;
+    for (int j = 0; j < W; ++j) {
+      all_finite = all_finite && finite[j];
+      all_tiny = all_tiny && tiny[j];
+      any_bits = any_bits || (bits[j] & 0x7fffffff);  // -0.0 is zero
+    }
+    if (!all_finite || (all_tiny && any_bits)) {
+      redone += sum_squares_f64(p + block_start, i - block_start);
+      continue;
+    }
+    total += __builtin_convertvector(block, f64);
   }
-  double sum = 0.0;
+  double sum = redone;
   for (int j = 0; j < W; ++j) sum += total[j];
   for (; i < n; ++i) sum += static_cast<double>(p[i]) * p[i];
   return sum;

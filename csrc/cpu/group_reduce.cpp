@@ -5,6 +5,8 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 
 #include "float_loops.h"
 #include "group_runs.h"
@@ -69,8 +71,61 @@ void id_scale(const T* src, T* dst, const int64_t* ids, int64_t n, const at::opm
 
 }  // namespace
 
-PooledBuffer<double> group_sq_norms(const at::Tensor& x, const GroupLayout& g) {
-  PooledBuffer<double> out(g.num_groups);
+namespace {
+
+template <typename RunSq, typename RowSq>
+void visit_groups(const GroupLayout& g, int64_t numel, double* out, const RunSq& run_sq,
+                  const RowSq& row_sq) {
+  if (g.group_ids.defined()) {
+    id_group_sums(g.group_ids.const_data_ptr<int64_t>(), numel, g.num_groups, out, run_sq);
+  } else {
+    strided_group_sums(g.outer, g.num_groups, g.inner, out, run_sq, row_sq);
+  }
+}
+
+// float64 squared norms that a scale may bring into range: one overflowed, or
+// all of them are subnormal or zero (the elements of x may still be non-zero).
+// A few tiny groups beside normal ones keep their sums: one scale for the
+// whole tensor could not lift them without overflowing the others.
+bool needs_rescale(const double* sq, int64_t m) {
+  bool all_tiny = m > 0;
+  for (int64_t i = 0; i < m; ++i) {
+    if (std::isinf(sq[i])) return true;
+    all_tiny = all_tiny && sq[i] < std::numeric_limits<double>::min();
+  }
+  return all_tiny;
+}
+
+// The squared norms of a float64 x scaled so that max|x| lies in [0.5, 1).
+void rescaled_sq_norms(const at::Tensor& x, const GroupLayout& g, SquaredNorms& r) {
+  const double* px = x.const_data_ptr<double>();
+  double largest = 0.0;
+  for (int64_t i = 0; i < x.numel(); ++i) largest = std::max(largest, std::abs(px[i]));
+  if (!std::isfinite(largest) || largest == 0.0) return;  // Inf or NaN in x: the sums say so
+  std::frexp(largest, &r.exponent);
+  const double s = std::ldexp(1.0, -r.exponent);
+  std::fill(r.sq.data(), r.sq.data() + r.sq.size(), 0.0);
+  const auto run_sq = [px, s](int64_t begin, int64_t len) {
+    double sum = 0.0;
+    for (int64_t j = 0; j < len; ++j) {
+      const double v = px[begin + j] * s;
+      sum += v * v;
+    }
+    return sum;
+  };
+  const auto row_sq = [px, s](int64_t begin, int64_t len, double* acc) {
+    for (int64_t j = 0; j < len; ++j) {
+      const double v = px[begin + j] * s;
+      acc[j] += v * v;
+    }
+  };
+  visit_groups(g, x.numel(), r.sq.data(), run_sq, row_sq);
+}
+
+}  // namespace
+
+SquaredNorms group_sq_norms(const at::Tensor& x, const GroupLayout& g) {
+  SquaredNorms r{PooledBuffer<double>(g.num_groups), 0};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "group_sq_norms", [&] {
     const scalar_t* px = x.const_data_ptr<scalar_t>();
     const auto run_sq = [px](int64_t begin, int64_t len) {
@@ -82,14 +137,11 @@ PooledBuffer<double> group_sq_norms(const at::Tensor& x, const GroupLayout& g) {
         acc[j] += v * v;
       }
     };
-    if (g.group_ids.defined()) {
-      id_group_sums(g.group_ids.const_data_ptr<int64_t>(), x.numel(), g.num_groups, out.data(),
-                    run_sq);
-    } else {
-      strided_group_sums(g.outer, g.num_groups, g.inner, out.data(), run_sq, row_sq);
-    }
+    visit_groups(g, x.numel(), r.sq.data(), run_sq, row_sq);
   });
-  return out;
+  if (x.scalar_type() == at::kDouble && needs_rescale(r.sq.data(), r.sq.size()))
+    rescaled_sq_norms(x, g, r);
+  return r;
 }
 
 void scale_groups(const at::Tensor& src, const at::Tensor& dst, const GroupLayout& g,

@@ -13,10 +13,10 @@ namespace {
 // prox of src into dst (which may be src), both contiguous.
 void prox_into(const at::Tensor& src, const at::Tensor& dst, int64_t k, const ProxArgs& a) {
   const GroupLayout& g = a.layout;
-  const PooledBuffer<double> sq = group_sq_norms(src, g);
+  const SquaredNorms n = group_sq_norms(src, g);
   PooledBuffer<double> factors(g.num_groups);
   WorkspaceLease ws;
-  prox_factors(sq.data(), g.weight_data(), g.num_groups, k, a.lam, factors.data(), ws.get());
+  prox_factors(n.sq.data(), g.weight_data(), g.num_groups, k, a.lam, factors.data(), ws.get());
   scale_groups(src, dst, g, factors.data());
 }
 

@@ -4,6 +4,9 @@
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cmath>
+#include <limits>
 #include <vector>
 
 #include "group_reduce.h"
@@ -21,17 +24,16 @@ constexpr const char* kOp = "prox_multi_";
 // it must fail before any tensor changes.
 void prox_per_tensor(std::vector<GroupedTensor>& tensors, at::IntArrayRef k,
                      const std::vector<double>& strengths, Workspace& ws) {
-  std::vector<PooledBuffer<double>> id_norms;
+  std::vector<SquaredNorms> id_norms;
   for (const GroupedTensor& t : tensors)
     if (t.layout.group_ids.defined()) id_norms.push_back(group_sq_norms(t.data, t.layout));
   size_t next_id_norms = 0;
   for (size_t i = 0; i < tensors.size(); ++i) {
     GroupedTensor& t = tensors[i];
-    const PooledBuffer<double> sq = t.layout.group_ids.defined()
-                                        ? std::move(id_norms[next_id_norms++])
-                                        : group_sq_norms(t.data, t.layout);
-    PooledBuffer<double> factors(sq.size());
-    prox_factors(sq.data(), t.layout.weight_data(), t.layout.num_groups, k[i], strengths[i],
+    const SquaredNorms n = t.layout.group_ids.defined() ? std::move(id_norms[next_id_norms++])
+                                                        : group_sq_norms(t.data, t.layout);
+    PooledBuffer<double> factors(n.sq.size());
+    prox_factors(n.sq.data(), t.layout.weight_data(), t.layout.num_groups, k[i], strengths[i],
                  factors.data(), ws);
     scale_groups(t.data, t.data, t.layout, factors.data());
   }
@@ -42,15 +44,23 @@ void prox_per_tensor(std::vector<GroupedTensor>& tensors, at::IntArrayRef k,
 void prox_shared(std::vector<GroupedTensor>& tensors, int64_t k, double strength, Workspace& ws) {
   bool weighted = false;
   for (const GroupedTensor& t : tensors) weighted = weighted || t.layout.weights.defined();
-  std::vector<double> sq, d;
+  std::vector<SquaredNorms> norms;
+  int exponent = std::numeric_limits<int>::min();
   for (const GroupedTensor& t : tensors) {
-    const PooledBuffer<double> tensor_sq = group_sq_norms(t.data, t.layout);
-    sq.insert(sq.end(), tensor_sq.data(), tensor_sq.data() + tensor_sq.size());
-    if (!weighted) continue;
+    norms.push_back(group_sq_norms(t.data, t.layout));
+    exponent = std::max(exponent, norms.back().exponent);
+  }
+  // one term, one scale: the largest, so that nothing overflows
+  std::vector<double> sq, d;
+  for (const SquaredNorms& n : norms) {
+    const double rescale = std::ldexp(1.0, 2 * (n.exponent - exponent));
+    for (int64_t i = 0; i < n.sq.size(); ++i) sq.push_back(n.sq.data()[i] * rescale);
+  }
+  for (const GroupedTensor& t : tensors) {
     const double* w = t.layout.weight_data();
     if (w) {
       d.insert(d.end(), w, w + t.layout.num_groups);
-    } else {
+    } else if (weighted) {
       d.insert(d.end(), static_cast<size_t>(t.layout.num_groups), 1.0);
     }
   }

@@ -16,20 +16,21 @@ namespace {
 at::Tensor group_norms(const at::Tensor& x, const std::optional<at::Tensor>& group_ids,
                        int64_t num_groups) {
   const GroupLayout g = check_group_layout("group_norms", x, group_ids, num_groups, std::nullopt);
-  const PooledBuffer<double> sq = group_sq_norms(x.contiguous(), g);
+  const SquaredNorms n = group_sq_norms(x.contiguous(), g);
   at::Tensor out = at::empty({g.num_groups}, x.options().dtype(at::kDouble));
   double* p = out.mutable_data_ptr<double>();
-  for (int64_t i = 0; i < g.num_groups; ++i) p[i] = std::sqrt(sq.data()[i]);
+  for (int64_t i = 0; i < g.num_groups; ++i)
+    p[i] = std::ldexp(std::sqrt(n.sq.data()[i]), n.exponent);
   return out.to(c10::promoteTypes(x.scalar_type(), at::kFloat));
 }
 
 at::Tensor value(const at::Tensor& x, int64_t k, const std::optional<at::Tensor>& weights,
                  const std::optional<at::Tensor>& group_ids, int64_t num_groups) {
   const GroupLayout g = check_value_args("value", x, k, weights, group_ids, num_groups);
-  const PooledBuffer<double> sq = group_sq_norms(x.contiguous(), g);
+  const SquaredNorms n = group_sq_norms(x.contiguous(), g);
   WorkspaceLease ws;
-  return at::scalar_tensor(envelope_value(sq.data(), g.weight_data(), g.num_groups, k, ws.get()),
-                           x.options());
+  const double v = envelope_value(n.sq.data(), g.weight_data(), g.num_groups, k, ws.get());
+  return at::scalar_tensor(std::ldexp(v, 2 * n.exponent), x.options());
 }
 
 at::Tensor value_backward(const at::Tensor& grad, const at::Tensor& x, int64_t k,
@@ -38,10 +39,10 @@ at::Tensor value_backward(const at::Tensor& grad, const at::Tensor& x, int64_t k
   const GroupLayout g = check_value_args("value_backward", x, k, weights, group_ids, num_groups);
   check_upstream_grad(grad);
   const at::Tensor xc = x.contiguous();
-  const PooledBuffer<double> sq = group_sq_norms(xc, g);
+  const SquaredNorms n = group_sq_norms(xc, g);
   PooledBuffer<double> scales(g.num_groups);
   WorkspaceLease ws;
-  envelope_grad_scales(sq.data(), g.weight_data(), g.num_groups, k, scales.data(), ws.get());
+  envelope_grad_scales(n.sq.data(), g.weight_data(), g.num_groups, k, scales.data(), ws.get());
   const double upstream = grad.item<double>();
   for (int64_t i = 0; i < scales.size(); ++i) scales.data()[i] *= upstream;
   at::Tensor out = empty_output(xc.sizes(), xc.options());

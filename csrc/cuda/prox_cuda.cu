@@ -61,14 +61,14 @@ struct NormEntry {
   bool by_thread;  // groups of fewer than 32 elements: a thread per group, else a warp
 };
 
-// Squares of one 16-byte vector, summed in the op math type.
+// Squares of one 16-byte vector, summed in float64: the square of any finite
+// float or 16-bit value neither overflows nor underflows there.
 template <typename T, int W>
-__device__ inline at::opmath_type<T> squares(const Vec<T, W>& v) {
-  using acc_t = at::opmath_type<T>;
-  acc_t s = 0;
+__device__ inline double squares(const Vec<T, W>& v) {
+  double s = 0;
 #pragma unroll
   for (int i = 0; i < W; ++i) {
-    const acc_t a = static_cast<acc_t>(v.val[i]);
+    const double a = static_cast<double>(v.val[i]);
     s += a * a;
   }
   return s;
@@ -110,11 +110,11 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
         for (int u = 0; u < kInFlight; ++u)
           if (j + 32 * u < nv) v[u] = run[j + 32 * u];
-        at::opmath_type<T> part = 0;
+        double part = 0;
 #pragma unroll
         for (int u = 0; u < kInFlight; ++u)
           if (j + 32 * u < nv) part += squares(v[u]);
-        sum += static_cast<double>(part);
+        sum += part;
       }
     }
   } else if (C >= 32) {
