@@ -438,8 +438,11 @@ __global__ void __launch_bounds__(kSearchThreads)
   }
   block_reduce(counts, Add{}, scratch);
   block_reduce(top, Max{}, scratch);
-  const int64_t nonzero = static_cast<int64_t>(counts[0]);
-  const bool has_nan = counts[1] > 0.0, finite = counts[1] == 0.0 && counts[2] == 0.0;
+  TermCounts summary;
+  summary.nonzero = static_cast<int64_t>(counts[0]);
+  summary.has_nan = counts[1] > 0.0;
+  summary.has_inf = counts[2] > 0.0;
+  const int64_t nonzero = summary.nonzero;
 
   // f(i, c_i, d_i) for this thread's groups
   const auto for_each = [&](auto&& f) {
@@ -456,7 +459,8 @@ __global__ void __launch_bounds__(kSearchThreads)
   };
 
   double eta = INFINITY;  // at most k non-zero groups: every one has share 1
-  const bool search = finite && k > 0 && nonzero > k && (kWant != Want::kProxFactors || lam > 0.0);
+  const bool search =
+      kWant == Want::kProxFactors ? prox_searches(summary, k, lam) : envelope_searches(summary, k);
   if (search) {
     const double kk = static_cast<double>(k);
     // segment sums at eta: saturated groups, sum of c and of w over the linear
@@ -531,44 +535,19 @@ __global__ void __launch_bounds__(kSearchThreads)
   if constexpr (kWant == Want::kProxFactors) {
     double* f = out + term.begin;
     for_each([&](int64_t i, double c, double di) {
-      const double w = lam * di;
-      double v;
-      if (!finite) {
-        v = NAN;
-      } else if (lam == 0.0) {
-        v = 1.0;
-      } else if (k == 0) {
-        v = 0.0;
-      } else if (nonzero <= k) {
-        v = 1.0 / (1.0 + w);
-      } else {
-        v = c > 0.0 ? shrink_factor(c, eta, w) : 0.0;
-      }
-      f[i] = v;
+      f[i] = prox_factor(summary, k, lam, c, eta, lam * di);
     });
   } else if constexpr (kWant == Want::kGradScales) {
     double* s = out + term.begin;
-    const bool undefined = !finite || (k == 0 && nonzero > 0);
-    for_each([&](int64_t i, double c, double di) {
-      const double u = c > 0.0 ? fmin(1.0, c * eta) : 0.0;
-      s[i] = undefined ? NAN : (u > 0.0 ? di / u : 0.0);
-    });
+    for_each([&](int64_t i, double c, double di) { s[i] = grad_scale(summary, k, c, di, eta); });
   } else {
     double total[1] = {0.0};
     for_each([&](int64_t, double c, double) {
-      const double u = c > 0.0 ? fmin(1.0, c * eta) : 0.0;
+      const double u = envelope_share(c, eta);
       if (u > 0.0) total[0] += c * c / u;
     });
     block_reduce(total, Add{}, scratch);
-    if (threadIdx.x == 0) {
-      double v = 0.5 * total[0];
-      if (has_nan) {
-        v = NAN;
-      } else if (!finite || (k == 0 && nonzero > 0)) {
-        v = INFINITY;
-      }
-      out[blockIdx.x] = v;
-    }
+    if (threadIdx.x == 0) out[blockIdx.x] = envelope_value_from(summary, k, 0.5 * total[0]);
   }
 }
 

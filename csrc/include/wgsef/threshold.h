@@ -273,6 +273,32 @@ inline void weighted_roots(const double* sq_norms, const double* d, int64_t m, d
   }
 }
 
+// ---- Per-group rules of every backend (docs/design.md §1.3, §1.4, §2.3).
+// A term's groups are summarised by TermCounts; each group's output follows
+// from the summary, the group's root c_i = sqrt(d_i ||x_i||^2) and eta.
+
+struct TermCounts {
+  int64_t nonzero = 0;  // groups with ||x_i|| > 0
+  bool has_nan = false, has_inf = false;
+  WGSEF_HOST_DEVICE bool finite() const { return !has_nan && !has_inf; }
+};
+
+inline TermCounts count_groups(const double* sq_norms, int64_t m) {
+  TermCounts t;
+  for (int64_t i = 0; i < m; ++i) {
+    t.nonzero += sq_norms[i] > 0.0;
+    t.has_nan = t.has_nan || std::isnan(sq_norms[i]);
+    t.has_inf = t.has_inf || std::isinf(sq_norms[i]);
+  }
+  return t;
+}
+
+// The prox of a term needs the threshold search only here; elsewhere its
+// special cases decide every factor.
+WGSEF_HOST_DEVICE inline bool prox_searches(const TermCounts& t, int64_t k, double lam) {
+  return t.finite() && lam > 0.0 && k > 0 && t.nonzero > k;
+}
+
 // The prox factor of a non-zero group at the root eta: u / (u + w), with its
 // share u = clip(c*eta - w, 0, 1) snapped to 0 within rounding.
 WGSEF_HOST_DEVICE inline double shrink_factor(double c, double eta, double w) {
@@ -280,33 +306,58 @@ WGSEF_HOST_DEVICE inline double shrink_factor(double c, double eta, double w) {
   return u / (u + w);
 }
 
-// Per-group factors f_i with prox_{lam*WGSEF}(v)_{G_i} = f_i * v_{G_i}.
-//   sq_norms[i] = ||v_{G_i}||^2, d = group weights (nullptr: all 1), lam >= 0, k >= 0.
-// Non-finite norms (NaN or Inf in v) give NaN factors for every group.
+// f_i with prox_{lam*WGSEF}(v)_{G_i} = f_i * v_{G_i}; w = lam * d_i. NaN or
+// Inf in the term makes every factor NaN (the threshold is undefined).
+WGSEF_HOST_DEVICE inline double prox_factor(const TermCounts& t, int64_t k, double lam, double c,
+                                            double eta, double w) {
+  if (!t.finite()) return static_cast<double>(NAN);
+  if (lam == 0.0) return 1.0;
+  if (k == 0) return 0.0;
+  if (t.nonzero <= k) return 1.0 / (1.0 + w);  // no search: the weighted ridge shrink
+  return c > 0.0 ? shrink_factor(c, eta, w) : 0.0;
+}
+
+// The value and its gradient need eta only here; elsewhere eta = +inf (every
+// non-zero group has share 1) or the result is not finite.
+WGSEF_HOST_DEVICE inline bool envelope_searches(const TermCounts& t, int64_t k) {
+  return t.finite() && k > 0 && t.nonzero > k;
+}
+
+// The optimal share u_i = min(1, c_i*eta) of the variational form (0 for zero groups).
+WGSEF_HOST_DEVICE inline double envelope_share(double c, double eta) {
+  return c > 0.0 ? fmin(1.0, c * eta) : 0.0;
+}
+
+// WGSEF from half_sum = 1/2 sum_{u_i > 0} c_i^2 / u_i.
+WGSEF_HOST_DEVICE inline double envelope_value_from(const TermCounts& t, int64_t k,
+                                                    double half_sum) {
+  if (t.has_nan) return static_cast<double>(NAN);
+  if (t.has_inf || (k == 0 && t.nonzero > 0)) return static_cast<double>(INFINITY);
+  return half_sum;
+}
+
+// s_i of a subgradient of WGSEF: grad_{G_i} = s_i * x_{G_i}, s_i = d_i / u_i (0
+// for zero groups); NaN where WGSEF is not finite.
+WGSEF_HOST_DEVICE inline double grad_scale(const TermCounts& t, int64_t k, double c, double d,
+                                           double eta) {
+  if (!t.finite() || (k == 0 && t.nonzero > 0)) return static_cast<double>(NAN);
+  const double u = envelope_share(c, eta);
+  return u > 0.0 ? d / u : 0.0;
+}
+
+// ---- The CPU entry points: the rules above over arrays of squared norms.
+
+// Per-group prox factors. sq_norms[i] = ||v_{G_i}||^2, d = group weights
+// (nullptr: all 1), lam >= 0, k >= 0.
 inline void prox_factors(const double* sq_norms, const double* d, int64_t m, int64_t k, double lam,
                          double* factors, Workspace& ws, SearchStats* stats = nullptr) {
-  int64_t nonzero = 0;
-  bool finite = true;
-  for (int64_t i = 0; i < m; ++i) {
-    finite = finite && std::isfinite(sq_norms[i]);
-    nonzero += sq_norms[i] > 0.0;
-  }
-  if (!finite) {
-    std::fill(factors, factors + m, std::numeric_limits<double>::quiet_NaN());
+  const TermCounts t = count_groups(sq_norms, m);
+  if (!prox_searches(t, k, lam)) {
+    for (int64_t i = 0; i < m; ++i)
+      factors[i] = prox_factor(t, k, lam, 0.0, 0.0, lam * (d ? d[i] : 1.0));
     return;
   }
-  if (lam == 0.0) {
-    std::fill(factors, factors + m, 1.0);
-    return;
-  }
-  if (k == 0) {
-    std::fill(factors, factors + m, 0.0);
-    return;
-  }
-  if (nonzero <= k) {
-    for (int64_t i = 0; i < m; ++i) factors[i] = 1.0 / (1.0 + lam * (d ? d[i] : 1.0));
-    return;
-  }
+  const int64_t nonzero = t.nonzero;
   double* c = ws.reserve(nonzero, m);
   double* w = c + nonzero;
   double* root = c + 6 * nonzero;
@@ -320,21 +371,17 @@ inline void prox_factors(const double* sq_norms, const double* d, int64_t m, int
   }
   const double eta = solve_threshold(c, w, nonzero, k, w + nonzero, stats);
   for (int64_t i = 0; i < m; ++i)
-    factors[i] = sq_norms[i] > 0.0 ? shrink_factor(root[i], eta, lam * (d ? d[i] : 1.0)) : 0.0;
+    factors[i] = prox_factor(t, k, lam, root[i], eta, lam * (d ? d[i] : 1.0));
 }
 
-// The optimal shares of the variational form WGSEF(x) = 1/2 min_{u in D_k}
-// sum_i d_i ||x_i||^2 / u_i are u_i = min(1, z_i*eta), z_i = sqrt(d_i)*||x_i||,
-// with sum_i u_i = k; this returns eta (+inf when at most k groups are non-zero:
-// then u_i = 1 for all of them). Zero groups get u_i = 0. Requires finite norms
-// and k >= 1.
+// eta of the variational form WGSEF(x) = 1/2 min_{u in D_k} sum_i c_i^2 / u_i:
+// the optimal shares are u_i = min(1, c_i*eta) with sum_i u_i = k, and eta is
+// +inf when the term needs no search (envelope_searches).
 inline double envelope_eta(const double* sq_norms, const double* d, int64_t m, int64_t k,
-                           Workspace& ws, SearchStats* stats = nullptr) {
-  int64_t nonzero = 0;
-  for (int64_t i = 0; i < m; ++i) nonzero += sq_norms[i] > 0.0;
-  if (nonzero <= k) return std::numeric_limits<double>::infinity();
-  double* z = ws.reserve(nonzero);
-  double* w = z + nonzero;
+                           const TermCounts& t, Workspace& ws, SearchStats* stats = nullptr) {
+  if (!envelope_searches(t, k)) return std::numeric_limits<double>::infinity();
+  double* z = ws.reserve(t.nonzero);
+  double* w = z + t.nonzero;
   for (int64_t i = 0, j = 0; i < m; ++i) {
     if (sq_norms[i] > 0.0) {
       z[j] = std::sqrt((d ? d[i] : 1.0) * sq_norms[i]);
@@ -342,64 +389,33 @@ inline double envelope_eta(const double* sq_norms, const double* d, int64_t m, i
     }
   }
   // with w = 0 the prox root equation becomes the value's: sum_i min(z_i*eta, 1) = k
-  return solve_threshold(z, w, nonzero, k, w + nonzero, stats);
-}
-
-WGSEF_HOST_DEVICE inline double envelope_share(double sq_norm, double di, double eta) {
-  return sq_norm > 0.0 ? fmin(1.0, sqrt(di * sq_norm) * eta) : 0.0;
-}
-
-enum class Finiteness { kFinite, kInf, kNaN };
-
-inline Finiteness classify_norms(const double* sq_norms, int64_t m) {
-  Finiteness f = Finiteness::kFinite;
-  for (int64_t i = 0; i < m; ++i) {
-    if (std::isnan(sq_norms[i])) return Finiteness::kNaN;
-    if (std::isinf(sq_norms[i])) f = Finiteness::kInf;
-  }
-  return f;
+  return solve_threshold(z, w, t.nonzero, k, w + t.nonzero, stats);
 }
 
 // WGSEF_{k,d}(x) from the squared group norms ||x_i||^2.
 inline double envelope_value(const double* sq_norms, const double* d, int64_t m, int64_t k,
                              Workspace& ws) {
-  const Finiteness fin = classify_norms(sq_norms, m);
-  if (fin == Finiteness::kNaN) return std::numeric_limits<double>::quiet_NaN();
-  if (fin == Finiteness::kInf) return std::numeric_limits<double>::infinity();
-  bool any = false;
-  for (int64_t i = 0; i < m; ++i) any = any || sq_norms[i] > 0.0;
-  if (!any) return 0.0;
-  if (k == 0) return std::numeric_limits<double>::infinity();
-  const double eta = envelope_eta(sq_norms, d, m, k, ws);
+  const TermCounts t = count_groups(sq_norms, m);
+  const double eta = envelope_eta(sq_norms, d, m, k, t, ws);
   double total = 0.0;
-  for (int64_t i = 0; i < m; ++i) {
-    const double di = d ? d[i] : 1.0;
-    const double u = envelope_share(sq_norms[i], di, eta);
-    if (u > 0.0) total += di * sq_norms[i] / u;
+  if (t.finite()) {
+    for (int64_t i = 0; i < m; ++i) {
+      const double c = std::sqrt((d ? d[i] : 1.0) * sq_norms[i]);
+      const double u = envelope_share(c, eta);
+      if (u > 0.0) total += c * c / u;
+    }
   }
-  return 0.5 * total;
+  return envelope_value_from(t, k, 0.5 * total);
 }
 
-// Per-group scales s_i of a subgradient of WGSEF at x: grad_{G_i} = s_i * x_{G_i},
-// s_i = d_i / u_i (0 for zero groups). Non-finite norms, or k = 0 with x != 0,
-// give NaN scales: WGSEF is not finite there.
+// Per-group scales of a subgradient of WGSEF at x (grad_scale).
 inline void envelope_grad_scales(const double* sq_norms, const double* d, int64_t m, int64_t k,
                                  double* scales, Workspace& ws) {
-  bool any = false;
-  for (int64_t i = 0; i < m; ++i) any = any || sq_norms[i] > 0.0;
-  if (classify_norms(sq_norms, m) != Finiteness::kFinite || (k == 0 && any)) {
-    std::fill(scales, scales + m, std::numeric_limits<double>::quiet_NaN());
-    return;
-  }
-  if (!any) {
-    std::fill(scales, scales + m, 0.0);
-    return;
-  }
-  const double eta = envelope_eta(sq_norms, d, m, k, ws);
+  const TermCounts t = count_groups(sq_norms, m);
+  const double eta = envelope_eta(sq_norms, d, m, k, t, ws);
   for (int64_t i = 0; i < m; ++i) {
     const double di = d ? d[i] : 1.0;
-    const double u = envelope_share(sq_norms[i], di, eta);
-    scales[i] = u > 0.0 ? di / u : 0.0;
+    scales[i] = grad_scale(t, k, std::sqrt(di * sq_norms[i]), di, eta);
   }
 }
 
