@@ -102,7 +102,7 @@ def test_weights(device):
 
 def test_devices(device):
     x = torch.randn(6, 4, device=device)
-    with pytest.raises(ValueError, match="weights: expected a tensor on x's device .*, got meta"):
+    with pytest.raises(ValueError, match=r"weights: expected a tensor on x's device .*, got meta"):
         wgsef.value(x, 1, weights=torch.ones(6, device="meta"))
     with pytest.raises(ValueError, match="lam: expected a tensor on the CPU or on x's device"):
         wgsef.prox(x, 1, torch.tensor(0.1, device="meta"))
@@ -130,7 +130,8 @@ def test_prox_multi_checks_every_term_before_changing_any_tensor(device):
     with pytest.raises(ValueError, match=r"weights must be positive and finite, got weights\[1\]"):
         # weights held on a CUDA device are left to ProxSGD's checks (no read-back)
         bad = torch.tensor([1.0, -2.0, 1.0, 1.0, 1.0])
-        torch.ops.wgsef.prox_multi_([x.cpu() for x in xs], layout, [], [None, bad], [2, 2], torch.tensor(0.1), one, False)
+        host = [x.cpu() for x in xs]
+        torch.ops.wgsef.prox_multi_(host, layout, [], [None, bad], [2, 2], torch.tensor(0.1), one, False)
     assert all(torch.equal(x, b) for x, b in zip(xs, before))
 
 
