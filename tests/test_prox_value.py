@@ -1,6 +1,9 @@
 """wgsef.value / prox / prox_ / group_norms against the float64 reference."""
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -357,3 +360,49 @@ def test_float64_norms_beyond_the_square_range(exponent):
     torch.ops.wgsef.prox_multi_(plain, [1, 6, 5, 1, 3, 5], [], [], [2], torch.tensor(0.3), torch.tensor(1.0), True)
     for got, want in zip(ops_out, plain):
         torch.testing.assert_close(got, want * t, rtol=1e-13, atol=0)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_elements_stream_the_same_answers_as_the_general_search(weighted, device):
+    # "elements" terms run the pass-based search over x (no per-group arrays);
+    # the same groups as ids run the general one
+    torch.manual_seed(3)
+    x = torch.randn(40, 50, dtype=torch.float64)
+    x[::7] = torch.round(x[::7] * 2) / 2  # ties
+    x[3] = 0.0  # zero groups
+    ids = torch.arange(x.numel()).reshape(x.shape)
+    d = torch.rand(x.numel(), dtype=torch.float64) + 0.5 if weighted else None
+    xd, idsd = x.to(device), ids.to(device)
+    dd = d.to(device) if d is not None else None
+    for k in (0, 1, 17, 999, 1950, 2000, 2500):
+        for lam in (0.0, 1e-3, 0.4, 50.0):
+            got = wgsef.prox(xd, k, lam, "elements", dd)
+            want = wgsef.prox(xd, k, lam, idsd, dd)
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+            assert torch.equal(got == 0, want == 0), "different groups pruned"
+        torch.testing.assert_close(wgsef.value(xd, k, "elements", dd), wgsef.value(xd, k, idsd, dd), rtol=1e-12, atol=0)
+        if k > 0:
+            xg = xd.clone().requires_grad_(True)
+            wgsef.value(xg, k, "elements", dd).backward()
+            xi = xd.clone().requires_grad_(True)
+            wgsef.value(xi, k, idsd, dd).backward()
+            torch.testing.assert_close(xg.grad, xi.grad, rtol=1e-12, atol=1e-14)
+
+
+def test_elements_prox_needs_no_memory_per_group():
+    code = (
+        "import torch, wgsef\n"
+        "def peak():\n"
+        "    return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')) * 1024\n"
+        "x = torch.randn(4_000_000)\n"
+        "wgsef.prox_(torch.randn(1000), 10, 0.1, 'elements')\n"
+        "before = peak()\n"
+        "wgsef.prox_(x, 2_000_000, 0.01, 'elements')\n"
+        "wgsef.value(x, 2_000_000, 'elements')\n"
+        "print((peak() - before) / (x.numel() * 4))\n"
+    )
+    if not Path("/proc/self/status").exists():
+        pytest.skip("needs /proc to read the peak memory")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert float(run.stdout) <= 2.0, f"extra peak memory {run.stdout.strip()} x the tensor"

@@ -3,6 +3,7 @@
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
+#include "elementwise.h"
 #include "fresh_output.h"
 #include "group_reduce.h"
 #include "wgsef/threshold.h"
@@ -13,6 +14,7 @@ namespace {
 // prox of src into dst (which may be src), both contiguous.
 void prox_into(const at::Tensor& src, const at::Tensor& dst, int64_t k, const ProxArgs& a) {
   const GroupLayout& g = a.layout;
+  if (is_elementwise(g)) return prox_elementwise(src, dst, g.weight_data(), k, a.lam);
   const SquaredNorms n = group_sq_norms(src, g);
   PooledBuffer<double> factors(g.num_groups);
   WorkspaceLease ws;

@@ -9,6 +9,7 @@
 #include <limits>
 #include <vector>
 
+#include "elementwise.h"
 #include "group_reduce.h"
 #include "thread_buffers.h"
 #include "wgsef/threshold.h"
@@ -30,6 +31,10 @@ void prox_per_tensor(std::vector<GroupedTensor>& tensors, at::IntArrayRef k,
   size_t next_id_norms = 0;
   for (size_t i = 0; i < tensors.size(); ++i) {
     GroupedTensor& t = tensors[i];
+    if (is_elementwise(t.layout)) {
+      prox_elementwise(t.data, t.data, t.layout.weight_data(), k[i], strengths[i]);
+      continue;
+    }
     const SquaredNorms n = t.layout.group_ids.defined() ? std::move(id_norms[next_id_norms++])
                                                         : group_sq_norms(t.data, t.layout);
     PooledBuffer<double> factors(n.sq.size());

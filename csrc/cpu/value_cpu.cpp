@@ -6,6 +6,7 @@
 
 #include <cmath>
 
+#include "elementwise.h"
 #include "fresh_output.h"
 #include "group_reduce.h"
 #include "wgsef/threshold.h"
@@ -27,6 +28,8 @@ at::Tensor group_norms(const at::Tensor& x, const std::optional<at::Tensor>& gro
 at::Tensor value(const at::Tensor& x, int64_t k, const std::optional<at::Tensor>& weights,
                  const std::optional<at::Tensor>& group_ids, int64_t num_groups) {
   const GroupLayout g = check_value_args("value", x, k, weights, group_ids, num_groups);
+  if (is_elementwise(g))
+    return at::scalar_tensor(value_elementwise(x.contiguous(), g.weight_data(), k), x.options());
   const SquaredNorms n = group_sq_norms(x.contiguous(), g);
   WorkspaceLease ws;
   const double v = envelope_value(n.sq.data(), g.weight_data(), g.num_groups, k, ws.get());
@@ -39,6 +42,11 @@ at::Tensor value_backward(const at::Tensor& grad, const at::Tensor& x, int64_t k
   const GroupLayout g = check_value_args("value_backward", x, k, weights, group_ids, num_groups);
   check_upstream_grad(grad);
   const at::Tensor xc = x.contiguous();
+  if (is_elementwise(g)) {
+    at::Tensor out = empty_output(xc.sizes(), xc.options());
+    grad_elementwise(xc, out, g.weight_data(), k, grad.item<double>());
+    return out;
+  }
   const SquaredNorms n = group_sq_norms(xc, g);
   PooledBuffer<double> scales(g.num_groups);
   WorkspaceLease ws;

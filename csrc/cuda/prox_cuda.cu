@@ -20,7 +20,6 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include <cfloat>
 #include <vector>
 
 #include "../checks.h"
@@ -380,22 +379,10 @@ __device__ void block_reduce(double (&v)[N], Op op, double* scratch) {
   __syncthreads();
 }
 
-__device__ inline double midpoint_by_bits(double lo, double hi) {
-  // positive doubles order like their bit patterns: this halves the exponent
-  // range too, so a bracket [0, 1e30] needs ~64 steps, not ~1000
-  const unsigned long long a = __double_as_longlong(lo), b = __double_as_longlong(hi);
-  return __longlong_as_double(static_cast<long long>(a + (b - a) / 2));
-}
-
 // One block per term. The root eta of h(eta) = sum_i clip(c_i eta - w_i, 0, 1) - k
 // (c_i = sqrt(d_i ||x_i||^2), w_i = lam d_i; w = 0 for the value and its
-// gradient) by safeguarded Newton steps on a bracket: h is piecewise linear
-// and nondecreasing, so a Newton step from inside the root's segment lands on
-// the root; a step that fails to halve the bracket is followed by a bisection.
-// Each step is one pass over the term's groups and one block reduction. A
-// Newton step solves the segment's line from sums over its linear groups only
-// (no cancellation, as the CPU search ends), and the search stops when that
-// root lies on its own segment. Writes, per Want: the prox factors (in place
+// gradient) by solve_threshold_by_passes, each pass over the term's groups
+// ending in one block reduction. Writes, per Want: the prox factors (in place
 // of the squared norms), the value, or the gradient scales.
 template <Want kWant>
 __global__ void __launch_bounds__(kSearchThreads)
@@ -462,10 +449,8 @@ __global__ void __launch_bounds__(kSearchThreads)
   const bool search =
       kWant == Want::kProxFactors ? prox_searches(summary, k, lam) : envelope_searches(summary, k);
   if (search) {
-    const double kk = static_cast<double>(k);
-    // segment sums at eta: saturated groups, sum of c and of w over the linear
-    // ones; h = sat - k + (lin_c eta - lin_w), and the root of that segment's
-    // line, (k - sat + lin_w) / lin_c, has no cancellation
+    // segment sums at eta, over the block: saturated groups, and the sums of c
+    // and of w over the linear ones
     const auto segment = [&](double at, double (&seg)[3]) {
       seg[0] = seg[1] = seg[2] = 0.0;
       for_each([&](int64_t, double c, double di) {
@@ -479,57 +464,7 @@ __global__ void __launch_bounds__(kSearchThreads)
       });
       block_reduce(seg, Add{}, scratch);
     };
-    // h(0) = -k < 0 < h(top) = nonzero - k
-    double lo = 0.0, hi = top[0], h_lo = -kk, h_hi = static_cast<double>(nonzero) - kk;
-    double candidate = hi * (kk / static_cast<double>(nonzero));
-    double last[3] = {-1.0, -1.0, -1.0};
-    bool newton = false;  // candidate is the root of the last point's segment line
-    bool done = false;
-    for (int step = 0; step < 256 && !done; ++step) {
-      if (!(candidate > lo && candidate < hi)) {
-        candidate = midpoint_by_bits(lo, hi);
-        newton = false;
-      }
-      if (!(candidate > lo && candidate < hi)) break;  // lo and hi are adjacent doubles
-      double seg[3];
-      segment(candidate, seg);
-      // the root of a segment's line that lies on that segment is the root of h
-      done = newton && seg[0] == last[0] && seg[1] == last[1] && seg[2] == last[2];
-      const double h = seg[0] - kk + (seg[1] * candidate - seg[2]), width = hi - lo;
-      done = done || h == 0.0;  // an exact hit, or a flat stretch of h at 0
-      if (done) break;
-      if (h < 0.0) {
-        lo = candidate;
-        h_lo = h;
-      } else {
-        hi = candidate;
-        h_hi = h;
-      }
-      last[0] = seg[0], last[1] = seg[1], last[2] = seg[2];
-      newton = false;
-      if (hi - lo > 0.5 * width) {
-        candidate = NAN;  // too little progress: bisect next
-      } else if (seg[1] > 0.0) {
-        const double next = (kk - seg[0] + seg[2]) / seg[1];
-        done = fabs(next - candidate) <= 4.0 * DBL_EPSILON * candidate;
-        candidate = next;
-        newton = true;
-      } else {
-        candidate = lo + (hi - lo) * (-h_lo / (h_hi - h_lo));
-      }
-    }
-    eta = candidate;
-    if (!done) {
-      // the bracket closed or the steps ran out: the regula falsi point, then
-      // its segment's root when that stays inside the bracket
-      eta = lo + (hi - lo) * (-h_lo / (h_hi - h_lo));
-      double seg[3];
-      segment(eta, seg);
-      if (seg[1] > 0.0) {
-        const double refined = (kk - seg[0] + seg[2]) / seg[1];
-        if (refined >= lo && refined <= hi) eta = refined;
-      }
-    }
+    eta = solve_threshold_by_passes(segment, k, full_bracket(nonzero, k, top[0]));
   }
 
   if constexpr (kWant == Want::kProxFactors) {

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <utility>
 #include <vector>
@@ -249,6 +250,115 @@ inline double solve_threshold(double* uc, double* uw, int64_t m, int64_t k, doub
     eta = left > 0.0 ? left : right;
   }
   if (stats_out) *stats_out = stats;
+  return eta;
+}
+
+namespace detail {
+
+// The double halfway between lo and hi in bit patterns: positive doubles order
+// like their bits, so this halves the exponent range too, and a bracket
+// [0, 1e30] closes in ~64 steps rather than ~1000.
+WGSEF_HOST_DEVICE inline double midpoint_by_bits(double lo, double hi) {
+#ifdef __CUDA_ARCH__
+  const unsigned long long a = __double_as_longlong(lo), b = __double_as_longlong(hi);
+  return __longlong_as_double(static_cast<long long>(a + (b - a) / 2));
+#else
+  uint64_t a, b;
+  std::memcpy(&a, &lo, sizeof a);
+  std::memcpy(&b, &hi, sizeof b);
+  const uint64_t mid = a + (b - a) / 2;
+  double r;
+  std::memcpy(&r, &mid, sizeof r);
+  return r;
+#endif
+}
+
+}  // namespace detail
+
+// The same root as solve_threshold, with no per-group memory: each step is one
+// pass segment(eta, seg) over the groups, which sets seg[0] to the number of
+// saturated groups (c_i*eta - w_i >= 1) and seg[1], seg[2] to the sums of c_i
+// and of w_i over the linear ones (0 < c_i*eta - w_i < 1); then
+// h(eta) = seg[0] - k + seg[1]*eta - seg[2]. Safeguarded Newton steps on a
+// bracket: h is piecewise linear and nondecreasing, so a Newton step from the
+// root's segment lands on the root, and the search stops when a segment's root
+// lies on that segment; a step that halves neither the residual |h| nor the
+// bracket is followed by a bisection of the bracket's bit patterns. So at most a few hundred passes
+// on any input, and usually a few once the bracket is tight. Requires finite c, w and 0 < k <
+// nonzero; the bracket holds the root, h(lo) < 0 < h(hi). The CUDA search kernel runs it once per
+// block from [0, top], top the largest breakpoint max_i (w_i + 1) / c_i, where h(0) = -k and h(top)
+// = nonzero - k; the CPU runs it on terms whose groups are single elements, from a bracket found on
+// a sample (elementwise.cpp).
+struct Bracket {
+  double lo, hi, h_lo, h_hi;
+};
+
+WGSEF_HOST_DEVICE inline Bracket full_bracket(int64_t nonzero, int64_t k, double top) {
+  return {0.0, top, -static_cast<double>(k), static_cast<double>(nonzero - k)};
+}
+
+#ifdef __CUDACC__
+#pragma nv_exec_check_disable
+#endif
+template <typename Segment>
+WGSEF_HOST_DEVICE double solve_threshold_by_passes(const Segment& segment, int64_t k,
+                                                   Bracket bracket) {
+  constexpr double kEps = 2.220446049250313e-16;
+  const double kk = static_cast<double>(k);
+  double lo = bracket.lo, hi = bracket.hi, h_lo = bracket.h_lo, h_hi = bracket.h_hi;
+  double candidate = lo + (hi - lo) * (-h_lo / (h_hi - h_lo));
+  double last[3] = {-1.0, -1.0, -1.0};
+  bool newton = false;  // candidate is the root of the last point's segment line
+  bool done = false;
+  double last_residual = static_cast<double>(INFINITY);
+  for (int step = 0; step < 256 && !done; ++step) {
+    if (!(candidate > lo && candidate < hi)) {
+      candidate = detail::midpoint_by_bits(lo, hi);
+      newton = false;
+    }
+    if (!(candidate > lo && candidate < hi)) break;  // lo and hi are adjacent doubles
+    double seg[3];
+    segment(candidate, seg);
+    // the root of a segment's line that lies on that segment is the root of h
+    done = newton && seg[0] == last[0] && seg[1] == last[1] && seg[2] == last[2];
+    const double h = seg[0] - kk + (seg[1] * candidate - seg[2]), width = hi - lo;
+    done = done || h == 0.0;  // an exact hit, or a flat stretch of h at 0
+    if (done) break;
+    if (h < 0.0) {
+      lo = candidate;
+      h_lo = h;
+    } else {
+      hi = candidate;
+      h_hi = h;
+    }
+    last[0] = seg[0], last[1] = seg[1], last[2] = seg[2];
+    newton = false;
+    // progress: the residual or the bracket at least halved (Newton steps often
+    // close in from one side, leaving the bracket's other end where it was)
+    const bool progress = fabs(h) <= 0.5 * last_residual || hi - lo <= 0.5 * width;
+    last_residual = fabs(h);
+    if (!progress) {
+      candidate = static_cast<double>(NAN);  // bisect next
+    } else if (seg[1] > 0.0) {
+      // the segment line's root, (k - sat + lin_w) / lin_c, has no cancellation
+      const double next = (kk - seg[0] + seg[2]) / seg[1];
+      done = fabs(next - candidate) <= 4.0 * kEps * candidate;
+      candidate = next;
+      newton = true;
+    } else {
+      candidate = lo + (hi - lo) * (-h_lo / (h_hi - h_lo));
+    }
+  }
+  if (done) return candidate;
+  // the bracket closed or the steps ran out: the regula falsi point, then its
+  // segment's root when that stays inside the bracket
+  double eta = lo + (hi - lo) * (-h_lo / (h_hi - h_lo));
+  double seg[3];
+  segment(eta, seg);
+  if (seg[1] > 0.0) {
+    const double refined = (kk - seg[0] + seg[2]) / seg[1];
+    if (refined >= lo && refined <= hi) eta = refined;
+  }
   return eta;
 }
 

@@ -1,0 +1,30 @@
+// WGSEF terms whose groups are single elements (the "elements" group type:
+// a strided layout with outer == inner == 1). Their prox, value and gradient
+// stream x and keep no per-group arrays, so memory does not grow with the
+// number of groups; the threshold comes from solve_threshold_by_passes, each
+// pass one read of x (docs/design.md §3.4).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include "../checks.h"
+
+namespace wgsef::cpu {
+
+inline bool is_elementwise(const GroupLayout& g) {
+  return !g.group_ids.defined() && g.outer == 1 && g.inner == 1;
+}
+
+// dst = prox_{lam*WGSEF}(src), elementwise groups; d: weights or nullptr.
+// src and dst are contiguous and may alias.
+void prox_elementwise(const at::Tensor& src, const at::Tensor& dst, const double* d, int64_t k,
+                      double lam);
+
+// WGSEF_{k,d}(x), elementwise groups.
+double value_elementwise(const at::Tensor& x, const double* d, int64_t k);
+
+// out = upstream * (a subgradient of WGSEF at x), elementwise groups.
+void grad_elementwise(const at::Tensor& x, const at::Tensor& out, const double* d, int64_t k,
+                      double upstream);
+
+}  // namespace wgsef::cpu
