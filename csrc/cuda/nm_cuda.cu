@@ -44,9 +44,8 @@ struct Group {
   __device__ T& operator[](int j) { return part[j / kPer].val[j % kPer]; }
 };
 
-// Groups of M contiguous elements, one per thread: rank form (keep j when
-// fewer than n keys rank before it; ties to the lower index), first maximum
-// for n = 1.
+// Groups of M contiguous elements, one per thread: the rank form, or the
+// first maximum for n = 1 (wgsef/nm.h, as on the CPU).
 template <typename T, int M>
 __global__ void __launch_bounds__(kThreads)
     nm_contiguous_kernel(const T* w, bool* mask, T* out, int64_t groups, int64_t n, double decay) {
@@ -61,24 +60,9 @@ __global__ void __launch_bounds__(kThreads)
     for (int j = 0; j < M; ++j) key[j] = key_of(v[j]);
     bool keep[M];
     if (n == 1) {
-      K best = key[0];
-#pragma unroll
-      for (int j = 1; j < M; ++j) best = key[j] > best ? key[j] : best;
-      bool seen = false;
-#pragma unroll
-      for (int j = 0; j < M; ++j) {
-        keep[j] = key[j] == best && !seen;
-        seen = seen || key[j] == best;
-      }
+      nm::first_max(key, M, keep);
     } else {
-#pragma unroll
-      for (int j = 0; j < M; ++j) {
-        int rank = 0;
-#pragma unroll
-        for (int i = 0; i < M; ++i)
-          rank += i < j ? key[i] >= key[j] : (i > j ? key[i] > key[j] : 0);
-        keep[j] = rank < n;
-      }
+      nm::rank_select(key, M, n, keep);
     }
     if (mask) {
       Group<bool, M> b;

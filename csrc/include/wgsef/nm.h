@@ -43,13 +43,23 @@ WGSEF_HOST_DEVICE inline uint64_t rank_key(double v) {
 // Groups up to this size use the rank form; larger ones select_large.
 constexpr int64_t kRankFormMaxM = 16;
 
+// The CUDA kernels call the two selections below with a constant m and keys in
+// registers, which needs their loops unrolled.
+#ifdef __CUDA_ARCH__
+#define WGSEF_UNROLL _Pragma("unroll")
+#else
+#define WGSEF_UNROLL
+#endif
+
 // Rank form: keep j when fewer than n keys rank before it,
 // rank_j = #{i < j : key_i >= key_j} + #{i > j : key_i > key_j}. Branch-free, so
-// nothing mispredicts; O(m^2), for small groups.
-template <typename K>
-inline void rank_select(const K* key, int64_t m, int64_t n, uint8_t* keep) {
+// nothing mispredicts; O(m^2), for small groups. Keep is uint8_t or bool.
+template <typename K, typename Keep>
+WGSEF_HOST_DEVICE inline void rank_select(const K* key, int64_t m, int64_t n, Keep* keep) {
+  WGSEF_UNROLL
   for (int64_t j = 0; j < m; ++j) {
     int64_t rank = 0;
+    WGSEF_UNROLL
     for (int64_t i = 0; i < m; ++i)
       rank += i < j ? key[i] >= key[j] : (i > j ? key[i] > key[j] : 0);
     keep[j] = rank < n;
@@ -57,17 +67,21 @@ inline void rank_select(const K* key, int64_t m, int64_t n, uint8_t* keep) {
 }
 
 // The first maximum of a group, without branches.
-template <typename K>
-inline void first_max(const K* key, int64_t m, uint8_t* keep) {
+template <typename K, typename Keep>
+WGSEF_HOST_DEVICE inline void first_max(const K* key, int64_t m, Keep* keep) {
   K best = 0;
-  for (int64_t j = 0; j < m; ++j) best = std::max(best, key[j]);
-  uint8_t seen = 0;
+  WGSEF_UNROLL
+  for (int64_t j = 0; j < m; ++j) best = key[j] > best ? key[j] : best;
+  bool seen = false;
+  WGSEF_UNROLL
   for (int64_t j = 0; j < m; ++j) {
-    const uint8_t hit = key[j] == best;
-    keep[j] = hit & !seen;
-    seen |= hit;
+    const bool hit = key[j] == best;
+    keep[j] = hit && !seen;
+    seen = seen || hit;
   }
 }
+
+#undef WGSEF_UNROLL
 
 // Calls f(std::integral_constant<int64_t, M>{}) when m is one of the common
 // group sizes, so that the loops inside f unroll for a constant M; returns
