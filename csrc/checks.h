@@ -179,23 +179,30 @@ inline GroupedTensor check_grouped_tensor(const char* op, const at::Tensor& x, i
       group_ids.empty() ? std::nullopt : static_cast<std::optional<at::Tensor>>(group_ids.get(i));
   const std::optional<at::Tensor> w =
       weights.empty() ? std::nullopt : static_cast<std::optional<at::Tensor>>(weights.get(i));
-  if (ids.has_value()) {
-    t.layout = check_group_layout(op, t.data, ids, layout[3 * i + 1], w);
-    return t;
-  }
   GroupLayout& g = t.layout;
-  g.outer = layout[3 * i];
-  g.num_groups = layout[3 * i + 1];
-  g.inner = layout[3 * i + 2];
-  int64_t size = 0;
-  const bool overflows = __builtin_mul_overflow(g.outer, g.num_groups, &size) ||
-                         __builtin_mul_overflow(size, g.inner, &size);
-  TORCH_CHECK_VALUE(
-      g.outer >= 0 && g.num_groups >= 0 && g.inner >= 0 && !overflows && size == x.numel(),
-      "wgsef.", op, ": layout entry ", i, " (", g.outer, ", ", g.num_groups, ", ", g.inner,
-      ") does not cover the ", x.numel(), " elements of xs[", i, "]",
-      overflows ? " (its product overflows int64)" : "");
-  attach_weights(op, g, x, w);
+  if (ids.has_value()) {
+    g = check_group_layout(op, t.data, ids, layout[3 * i + 1], w);
+  } else {
+    g.outer = layout[3 * i];
+    g.num_groups = layout[3 * i + 1];
+    g.inner = layout[3 * i + 2];
+    int64_t size = 0;
+    const bool any_zero = g.outer == 0 || g.num_groups == 0 || g.inner == 0;
+    const bool overflows = !any_zero && (__builtin_mul_overflow(g.outer, g.num_groups, &size) ||
+                                         __builtin_mul_overflow(size, g.inner, &size));
+    TORCH_CHECK_VALUE(
+        g.outer >= 0 && g.num_groups >= 0 && g.inner >= 0 && !overflows && size == x.numel(),
+        "wgsef.", op, ": layout entry ", i, " (", g.outer, ", ", g.num_groups, ", ", g.inner,
+        ") does not cover the ", x.numel(), " elements of xs[", i, "]",
+        overflows ? " (its product overflows int64)" : "");
+    attach_weights(op, g, x, w);
+  }
+  if (x.numel() == 0) {
+    // no elements: every group is empty and changes nothing, so the call keeps
+    // no per-group memory for them, however many the layout declares
+    g = GroupLayout{};
+    g.outer = g.inner = 0;
+  }
   return t;
 }
 
@@ -230,7 +237,15 @@ inline std::vector<GroupedTensor> check_prox_multi_args(
     for (int64_t i = 0; i < lam.numel(); ++i)
       check_nonnegative(op, "lam", values.const_data_ptr<double>()[i]);
   }
-  if (lr.device().is_cpu()) check_nonnegative(op, "lr", lr.item<double>());
+  if (lr.device().is_cpu()) {
+    const double step = lr.item<double>();
+    check_nonnegative(op, "lr", step);
+    if (lam.device().is_cpu()) {
+      const at::Tensor values = lam.to(at::kDouble).contiguous();
+      for (int64_t i = 0; i < lam.numel(); ++i)
+        check_nonnegative(op, "lr * lam", step * values.const_data_ptr<double>()[i]);
+    }
+  }
   std::vector<GroupedTensor> tensors;
   tensors.reserve(n);
   int64_t offset = 0;

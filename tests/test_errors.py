@@ -151,7 +151,7 @@ def test_prox_multi_checks_every_argument_before_writing(device):
         OPS.prox_multi_.default([a], [1, 4, 3], [], [], [2], torch.tensor(0.5), torch.tensor(-1.0))
     # a layout whose product overflows int64 is named as such
     with pytest.raises(ValueError, match="overflows int64"):
-        OPS.prox_multi_.default([a], [2**62, 4, 0], [], [], [2], lam, lr)
+        OPS.prox_multi_.default([a], [2**62, 4, 1], [], [], [2], lam, lr)
     assert torch.equal(a, a0)
 
 

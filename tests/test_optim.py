@@ -490,3 +490,25 @@ def test_sparse_gradients_in_a_group_without_budget_behave_like_sgd():
     with pytest.raises(RuntimeError, match="params\\[0\\] of param group 1 has a sparse gradient"):
         opt.step()
     assert torch.equal(lin.weight.detach(), w0)
+
+
+def test_freeze_support_with_weights_for_more_groups_than_elements():
+    c = nn.Parameter(torch.randn(2, 2))
+    ids = torch.arange(4).reshape(2, 2)
+    opt = wgsef.ProxSGD([c], lr=0.1, lam=1.0, k=2, groups=[ids], weights=[torch.ones(10)])
+    c.grad = torch.randn(2, 2)
+    opt.step()
+    opt.freeze_support()
+    assert int((c.detach() != 0).sum()) <= 2
+
+
+def test_a_budget_changed_to_an_invalid_value_raises_before_the_update():
+    w = nn.Parameter(torch.randn(8, 3))
+    opt = wgsef.ProxSGD([w], lr=0.1, momentum=0.9, k=2, lam=0.1)
+    w.grad = torch.randn(8, 3)
+    opt.step()
+    before, buffer = w.detach().clone(), opt.state[w]["momentum_buffer"].clone()
+    opt.param_groups[0]["k"] = 100
+    with pytest.raises(ValueError, match="exceeds the number of groups"):
+        opt.step()
+    assert torch.equal(w.detach(), before) and torch.equal(opt.state[w]["momentum_buffer"], buffer)

@@ -406,3 +406,53 @@ def test_elements_prox_needs_no_memory_per_group():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert float(run.stdout) <= 2.0, f"extra peak memory {run.stdout.strip()} x the tensor"
+
+
+@pytest.mark.parametrize("n", [4, 300, 20_000])  # 20_000: the sampled bracket runs
+def test_elements_over_hundreds_of_binades_match_the_general_search(n):
+    torch.manual_seed(7)
+    x = torch.tensor([1e-150, 2e-150, 1e150, 3e150], dtype=torch.float64)
+    if n > 4:
+        x = torch.randn(n, dtype=torch.float64) * torch.pow(10.0, torch.randint(-150, 150, (n,)).double())
+    ids = torch.arange(n)
+    for k in (1, 2, n // 3, n - 1):
+        for lam in (1e-3, 1.0):
+            got, want = wgsef.prox(x, k, lam, "elements"), wgsef.prox(x, k, lam, ids)
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+            assert torch.equal(got == 0, want == 0)
+
+
+def test_float64_tensors_below_the_normal_range():
+    x = torch.tensor([[1e-310, 0.0], [2e-310, 3e-310]], dtype=torch.float64)
+    t = 2.0**1000  # exact: the same problem at a normal scale
+    out = wgsef.prox(x, 1, 0.1)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, wgsef.prox(x * t, 1, 0.1) / t, rtol=0, atol=2e-323)
+    torch.testing.assert_close(wgsef.group_norms(x), wgsef.group_norms(x * t) / t, rtol=1e-15, atol=2e-323)
+
+
+def test_a_zero_tensor_in_a_shared_term_does_not_change_the_scale():
+    a = torch.tensor([[1e-200, 0.0], [3e-200, 1e-200], [2e-200, 2e-200]], dtype=torch.float64)
+    lam, lr = torch.tensor(0.01), torch.tensor(1.0)
+    alone = a.clone()
+    torch.ops.wgsef.prox_multi_([alone], [1, 3, 2], [], [], [1], lam, lr, True)
+    for other in (torch.zeros(4, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)):
+        pair = [a.clone(), other]
+        torch.ops.wgsef.prox_multi_(pair, [1, 3, 2, 1, other.numel(), 1], [], [], [1], lam, lr, True)
+        torch.testing.assert_close(pair[0], alone, rtol=1e-15, atol=0)
+
+
+def test_an_empty_tensor_may_declare_any_number_of_groups():
+    a = torch.randn(4, 5, 3)
+    expect = a.clone()
+    torch.ops.wgsef.prox_multi_([expect], [4, 5, 3], [], [], [1], torch.tensor(0.5), torch.tensor(1.0))
+    pair = [a.clone(), torch.zeros(0)]
+    torch.ops.wgsef.prox_multi_(pair, [4, 5, 3, 0, 2**40, 0], [], [], [1, 1], torch.tensor(0.5), torch.tensor(1.0))
+    assert torch.equal(pair[0], expect)
+
+
+def test_a_float32_value_beyond_float_range_is_inf():
+    x = torch.full((4,), 3e19)
+    assert wgsef.value(x, 2, "layer").item() == math.inf
+    assert wgsef.value(x, 2, "elements").item() == math.inf
+    assert wgsef.value(x.view(2, 2), 1).item() == math.inf

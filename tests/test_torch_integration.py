@@ -153,3 +153,13 @@ def test_in_place_prox_refuses_a_graph_and_marks_what_it_wrote():
         wgsef.prox_(b, 2, 0.3)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         squared.sum().backward()
+
+
+def test_in_place_prox_in_inference_mode_marks_what_it_wrote():
+    p = torch.randn(4, 5, 3, requires_grad=True)
+    h = p * 2
+    loss = (h**2).sum()
+    with torch.inference_mode():
+        OPS.prox_.default(h, 1, torch.tensor(0.1))
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()

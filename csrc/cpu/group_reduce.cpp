@@ -103,19 +103,19 @@ void rescaled_sq_norms(const at::Tensor& x, const GroupLayout& g, SquaredNorms& 
   for (int64_t i = 0; i < x.numel(); ++i) largest = std::max(largest, std::abs(px[i]));
   if (!std::isfinite(largest) || largest == 0.0) return;  // Inf or NaN in x: the sums say so
   std::frexp(largest, &r.exponent);
-  const double s = std::ldexp(1.0, -r.exponent);
+  const int e = -r.exponent;  // 2^e itself may not be a double (e > 1023): ldexp each element
   std::fill(r.sq.data(), r.sq.data() + r.sq.size(), 0.0);
-  const auto run_sq = [px, s](int64_t begin, int64_t len) {
+  const auto run_sq = [px, e](int64_t begin, int64_t len) {
     double sum = 0.0;
     for (int64_t j = 0; j < len; ++j) {
-      const double v = px[begin + j] * s;
+      const double v = std::ldexp(px[begin + j], e);
       sum += v * v;
     }
     return sum;
   };
-  const auto row_sq = [px, s](int64_t begin, int64_t len, double* acc) {
+  const auto row_sq = [px, e](int64_t begin, int64_t len, double* acc) {
     for (int64_t j = 0; j < len; ++j) {
-      const double v = px[begin + j] * s;
+      const double v = std::ldexp(px[begin + j], e);
       acc[j] += v * v;
     }
   };

@@ -53,13 +53,17 @@ void prox_shared(std::vector<GroupedTensor>& tensors, int64_t k, double strength
   int exponent = std::numeric_limits<int>::min();
   for (const GroupedTensor& t : tensors) {
     norms.push_back(group_sq_norms(t.data, t.layout));
-    exponent = std::max(exponent, norms.back().exponent);
+    const SquaredNorms& n = norms.back();
+    // a tensor without a non-zero norm has no scale to impose
+    if (std::any_of(n.sq.data(), n.sq.data() + n.sq.size(), [](double v) { return v != 0.0; }))
+      exponent = std::max(exponent, n.exponent);
   }
+  if (exponent == std::numeric_limits<int>::min()) exponent = 0;
   // one term, one scale: the largest, so that nothing overflows
   std::vector<double> sq, d;
   for (const SquaredNorms& n : norms) {
-    const double rescale = std::ldexp(1.0, 2 * (n.exponent - exponent));
-    for (int64_t i = 0; i < n.sq.size(); ++i) sq.push_back(n.sq.data()[i] * rescale);
+    const int shift = 2 * (n.exponent - exponent);  // 2^shift may not be a double: ldexp each
+    for (int64_t i = 0; i < n.sq.size(); ++i) sq.push_back(std::ldexp(n.sq.data()[i], shift));
   }
   for (const GroupedTensor& t : tensors) {
     const double* w = t.layout.weight_data();
@@ -86,10 +90,8 @@ void prox_multi_(at::TensorList xs, at::IntArrayRef layout,
   const at::Tensor lam_host = lam.to(at::kDouble).contiguous();
   const double step = lr.item<double>();
   std::vector<double> strengths(shared ? 1 : tensors.size());
-  for (size_t t = 0; t < strengths.size(); ++t) {
+  for (size_t t = 0; t < strengths.size(); ++t)
     strengths[t] = step * lam_host.const_data_ptr<double>()[lam.numel() == 1 ? 0 : t];
-    check_nonnegative(kOp, "lr * lam", strengths[t]);
-  }
   WorkspaceLease ws;
   if (shared) {
     prox_shared(tensors, k[0], strengths[0], ws.get());

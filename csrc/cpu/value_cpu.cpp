@@ -25,15 +25,20 @@ at::Tensor group_norms(const at::Tensor& x, const std::optional<at::Tensor>& gro
   return out.to(c10::promoteTypes(x.scalar_type(), at::kFloat));
 }
 
+// v as a 0-dim tensor of x's dtype: a value beyond the dtype's range becomes
+// inf (at::scalar_tensor would raise instead).
+at::Tensor value_in(const at::Tensor& x, double v) {
+  return at::scalar_tensor(v, x.options().dtype(at::kDouble)).to(x.scalar_type());
+}
+
 at::Tensor value(const at::Tensor& x, int64_t k, const std::optional<at::Tensor>& weights,
                  const std::optional<at::Tensor>& group_ids, int64_t num_groups) {
   const GroupLayout g = check_value_args("value", x, k, weights, group_ids, num_groups);
-  if (is_elementwise(g))
-    return at::scalar_tensor(value_elementwise(x.contiguous(), g.weight_data(), k), x.options());
+  if (is_elementwise(g)) return value_in(x, value_elementwise(x.contiguous(), g.weight_data(), k));
   const SquaredNorms n = group_sq_norms(x.contiguous(), g);
   WorkspaceLease ws;
   const double v = envelope_value(n.sq.data(), g.weight_data(), g.num_groups, k, ws.get());
-  return at::scalar_tensor(std::ldexp(v, 2 * n.exponent), x.options());
+  return value_in(x, std::ldexp(v, 2 * n.exponent));
 }
 
 at::Tensor value_backward(const at::Tensor& grad, const at::Tensor& x, int64_t k,

@@ -76,7 +76,7 @@ def group_layout(x: torch.Tensor, groups: GroupSpec, weights: torch.Tensor | Non
         if ids.device != x.device:
             raise ValueError(f"groups: group ids are on {ids.device}, x on {x.device}")
         ids = ids.to(torch.int64)
-        lowest, highest = (int(ids.min()), int(ids.max())) if ids.numel() > 0 else (0, -1)
+        lowest, highest = torch.stack(torch.aminmax(ids)).tolist() if ids.numel() > 0 else (0, -1)
         if lowest < 0:
             raise ValueError(f"groups: group ids must be >= 0, got {lowest}")
         num_groups = weights.numel() if weights is not None else highest + 1

@@ -376,6 +376,8 @@ class ProxSGD(Optimizer):
             grads.append(p.grad)
             bufs.append(self.state[p].get("momentum_buffer"))
         if params:
+            if group["k"] is not None:
+                self._prox_terms(group)  # rebuilt if k, groups or weights changed: raises now
             lr = group["lr"]
             if not isinstance(lr, Tensor) or lr.device.type == "cpu":  # device values are not read back
                 if not float(lr) >= 0.0:
@@ -460,10 +462,10 @@ class ProxSGD(Optimizer):
             scores = []
             for p, layout, ids, w in zip(params, terms.layouts, terms.group_ids, terms.weights):
                 if ids is None:
-                    norms = ops.group_norms(p.reshape(layout))
-                else:
-                    norms = ops.group_norms(p, ids, layout[1])
-                norms = norms.double()
+                    norms = ops.group_norms(p.reshape(layout)).double()
+                else:  # weights may declare more groups than p has elements: sum by id
+                    squares = p.detach().double().reshape(-1).square()
+                    norms = squares.new_zeros(layout[1]).index_add_(0, ids.reshape(-1), squares).sqrt()
                 scores.append(norms if w is None else norms / w.to(norms).sqrt())
             units = [torch.cat(scores)] if terms.shared else scores
             masks = []

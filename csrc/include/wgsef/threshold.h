@@ -255,18 +255,26 @@ inline double solve_threshold(double* uc, double* uw, int64_t m, int64_t k, doub
 
 namespace detail {
 
-// The double halfway between lo and hi in bit patterns: positive doubles order
-// like their bits, so this halves the exponent range too, and a bracket
-// [0, 1e30] closes in ~64 steps rather than ~1000.
-WGSEF_HOST_DEVICE inline double midpoint_by_bits(double lo, double hi) {
+// The bits of a double: for positive doubles they order like the values, and
+// their difference counts the doubles in between.
+WGSEF_HOST_DEVICE inline uint64_t bits_of(double v) {
 #ifdef __CUDA_ARCH__
-  const unsigned long long a = __double_as_longlong(lo), b = __double_as_longlong(hi);
-  return __longlong_as_double(static_cast<long long>(a + (b - a) / 2));
+  return static_cast<uint64_t>(__double_as_longlong(v));
 #else
-  uint64_t a, b;
-  std::memcpy(&a, &lo, sizeof a);
-  std::memcpy(&b, &hi, sizeof b);
-  const uint64_t mid = a + (b - a) / 2;
+  uint64_t b;
+  std::memcpy(&b, &v, sizeof b);
+  return b;
+#endif
+}
+
+// The double halfway between lo and hi (0 <= lo < hi) in bit patterns: this
+// halves the exponent range too, so a bracket [0, 1e30] closes in ~64 steps
+// rather than ~1000.
+WGSEF_HOST_DEVICE inline double midpoint_by_bits(double lo, double hi) {
+  const uint64_t a = bits_of(lo), b = bits_of(hi), mid = a + (b - a) / 2;
+#ifdef __CUDA_ARCH__
+  return __longlong_as_double(static_cast<long long>(mid));
+#else
   double r;
   std::memcpy(&r, &mid, sizeof r);
   return r;
@@ -283,7 +291,8 @@ WGSEF_HOST_DEVICE inline double midpoint_by_bits(double lo, double hi) {
 // bracket: h is piecewise linear and nondecreasing, so a Newton step from the
 // root's segment lands on the root, and the search stops when a segment's root
 // lies on that segment; a step that halves neither the residual |h| nor the
-// bracket is followed by a bisection of the bracket's bit patterns. So at most a few hundred passes
+// number of doubles in the bracket is followed by a bisection of the bracket's
+// bit patterns. So at most a few hundred passes
 // on any input, and usually a few once the bracket is tight. Requires finite c, w and 0 < k <
 // nonzero; the bracket holds the root, h(lo) < 0 < h(hi). The CUDA search kernel runs it once per
 // block from [0, top], top the largest breakpoint max_i (w_i + 1) / c_i, where h(0) = -k and h(top)
@@ -321,7 +330,8 @@ WGSEF_HOST_DEVICE double solve_threshold_by_passes(const Segment& segment, int64
     segment(candidate, seg);
     // the root of a segment's line that lies on that segment is the root of h
     done = newton && seg[0] == last[0] && seg[1] == last[1] && seg[2] == last[2];
-    const double h = seg[0] - kk + (seg[1] * candidate - seg[2]), width = hi - lo;
+    const double h = seg[0] - kk + (seg[1] * candidate - seg[2]);
+    const uint64_t width = detail::bits_of(hi) - detail::bits_of(lo);
     done = done || h == 0.0;  // an exact hit, or a flat stretch of h at 0
     if (done) break;
     if (h < 0.0) {
@@ -333,9 +343,12 @@ WGSEF_HOST_DEVICE double solve_threshold_by_passes(const Segment& segment, int64
     }
     last[0] = seg[0], last[1] = seg[1], last[2] = seg[2];
     newton = false;
-    // progress: the residual or the bracket at least halved (Newton steps often
-    // close in from one side, leaving the bracket's other end where it was)
-    const bool progress = fabs(h) <= 0.5 * last_residual || hi - lo <= 0.5 * width;
+    // progress: the residual, or the number of doubles in the bracket, at least
+    // halved (Newton steps often close in from one side, leaving the bracket's
+    // other end where it was; halving the bracket by value is no progress on a
+    // bracket that spans many binades)
+    const bool progress =
+        fabs(h) <= 0.5 * last_residual || detail::bits_of(hi) - detail::bits_of(lo) <= width / 2;
     last_residual = fabs(h);
     if (!progress) {
       candidate = static_cast<double>(NAN);  // bisect next
