@@ -16,10 +16,8 @@ struct Vectors {
   typedef int32_t i32 __attribute__((vector_size(4 * W)));
 };
 
-// Below this, a block's float sum may have lost squares to float underflow
-// (squares below 2^-126 are denormal): the elements are then all below 2^-50,
-// and the block is summed again in float64 unless it is all zeros.
-constexpr float kTinyBlockSum = 0x1p-100f;
+// Below this total, squares lost to float underflow may matter.
+constexpr double kTinySum = 0x1p-80;
 
 WGSEF_ALWAYS_INLINE double sum_squares_f64(const float* p, int64_t n) {
   double s = 0.0;
@@ -28,10 +26,12 @@ WGSEF_ALWAYS_INLINE double sum_squares_f64(const float* p, int64_t n) {
 }
 
 // Four accumulators of W float lanes hide the add latency; every block's sum
-// is added to W float64 lanes, which are summed once at the end. A block whose
-// float sum overflowed, or underflowed while some element is non-zero (an OR of
-// the elements' bits tells), is summed again in float64, where the squares of
-// finite floats neither overflow nor underflow.
+// is added to W float64 lanes, which are summed once at the end. If a float
+// sum overflowed (the total is not finite), or the total is below 2^-80 while
+// some element is non-zero (an OR of the elements' bits tells), squares may
+// have been lost, and the run is summed again in float64, where the squares of
+// finite floats neither overflow nor underflow. Above 2^-80 the squares lost
+// to float underflow (each below 2^-126) change the total by under 2^-40 of it.
 template <int W>
 WGSEF_ALWAYS_INLINE double sum_squares_lanes(const float* p, int64_t n) {
   using f32 = typename Vectors<W>::f32;
@@ -39,12 +39,11 @@ WGSEF_ALWAYS_INLINE double sum_squares_lanes(const float* p, int64_t n) {
   using i32 = typename Vectors<W>::i32;
   constexpr int64_t kBlock = 256, kStep = 4 * W;
   f64 total{};
-  double redone = 0.0;
+  i32 bits{};
   int64_t i = 0;
   while (i + kStep <= n) {
-    const int64_t block_start = i, block_end = std::min(n, i + kBlock);
+    const int64_t block_end = std::min(n, i + kBlock);
     f32 acc[4] = {};
-    i32 bits{};
     for (; i + kStep <= block_end; i += kStep) {
       for (int a = 0; a < 4; ++a) {
         f32 x;
@@ -53,24 +52,18 @@ WGSEF_ALWAYS_INLINE double sum_squares_lanes(const float* p, int64_t n) {
         bits |= (i32)x;  // the bits, not the values
       }
     }
-    const f32 block = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-    const i32 finite = block <= std::numeric_limits<float>::max();  // false for inf and NaN
-    const i32 tiny = block < kTinyBlockSum;
-    bool all_finite = true, all_tiny = true, any_bits = false;
-    for (int j = 0; j < W; ++j) {
-      all_finite = all_finite && finite[j];
-      all_tiny = all_tiny && tiny[j];
-      any_bits = any_bits || (bits[j] & 0x7fffffff);  // -0.0 is zero
-    }
-    if (!all_finite || (all_tiny && any_bits)) {
-      redone += sum_squares_f64(p + block_start, i - block_start);
-      continue;
-    }
-    total += __builtin_convertvector(block, f64);
+    total += __builtin_convertvector((acc[0] + acc[1]) + (acc[2] + acc[3]), f64);
   }
-  double sum = redone;
+  double sum = 0.0;
   for (int j = 0; j < W; ++j) sum += total[j];
   for (; i < n; ++i) sum += static_cast<double>(p[i]) * p[i];
+  if (sum < kTinySum) {
+    int32_t any = 0;
+    for (int j = 0; j < W; ++j) any |= bits[j] & 0x7fffffff;  // -0.0 is zero
+    if (any != 0) return sum_squares_f64(p, n);
+  } else if (!(sum <= std::numeric_limits<double>::max())) {  // inf, or NaN in p
+    return sum_squares_f64(p, n);
+  }
   return sum;
 }
 

@@ -27,9 +27,9 @@ constexpr int64_t kShortRun = 32;
 // 256 elements are summed in eight float lanes (32 squares per lane, so a
 // relative error below ~2e-6 and typically ~1e-7 per block) and the block sums
 // in float64: float lanes vectorise twice as wide and keep this pass near
-// memory speed. A block whose float sum overflowed, or fell below 2^-100 while
-// an element is non-zero, is summed again in float64, which holds the square
-// of any finite float or 16-bit value. float64 inputs use float64 lanes (see
+// memory speed. A run whose float sums overflowed, or whose total is below
+// 2^-80 while an element is non-zero, is summed again in float64, which holds
+// the square of any finite float or 16-bit value. float64 inputs use float64 lanes (see
 // group_sq_norms for their range), and short runs float64 totals. Either way
 // the order is a fixed function of the run, so identical groups get identical
 // norms.
@@ -49,10 +49,10 @@ inline double sum_squares(const T* p, int64_t n) {
   using lane_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
   constexpr int64_t kBlock = std::is_same_v<T, double> ? (int64_t{1} << 40) : 256;
   double total = 0.0;
+  bool nonzero[8] = {false, false, false, false, false, false, false, false};
   for (int64_t start = 0; start < n; start += kBlock) {
     const int64_t end = std::min(n, start + kBlock);
     lane_t acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    bool nonzero[8] = {false, false, false, false, false, false, false, false};
     int64_t i = start;
     for (; i + 8 <= end; i += 8) {
       for (int j = 0; j < 8; ++j) {
@@ -63,17 +63,18 @@ inline double sum_squares(const T* p, int64_t n) {
     }
     double block = ((double(acc[0]) + acc[1]) + (double(acc[2]) + acc[3])) +
                    ((double(acc[4]) + acc[5]) + (double(acc[6]) + acc[7]));
-    if constexpr (!std::is_same_v<T, double>) {
-      bool any = false;
-      for (int j = 0; j < 8; ++j) any = any || nonzero[j];
-      const bool overflowed = !(block <= double(std::numeric_limits<float>::max()));
-      if (overflowed || (block < 0x1p-100 && any)) block = squares_f64(start, i);
-    }
     for (; i < end; ++i) {
       const double v = static_cast<double>(p[i]);
       block += v * v;
     }
     total += block;
+  }
+  if constexpr (!std::is_same_v<T, double>) {
+    // as in float_loops.cpp: squares lost to float overflow or underflow
+    bool any = false;
+    for (int j = 0; j < 8; ++j) any = any || nonzero[j];
+    if (!(total <= std::numeric_limits<double>::max()) || (total < 0x1p-80 && any))
+      return squares_f64(0, n);
   }
   return total;
 }

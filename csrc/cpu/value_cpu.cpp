@@ -1,10 +1,12 @@
 // WGSEF value, its subgradient and the group norms on the CPU.
+#include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/scalar_tensor.h>
 #include <torch/library.h>
 
 #include <cmath>
+#include <limits>
 
 #include "elementwise.h"
 #include "fresh_output.h"
@@ -28,7 +30,12 @@ at::Tensor group_norms(const at::Tensor& x, const std::optional<at::Tensor>& gro
 // v as a 0-dim tensor of x's dtype: a value beyond the dtype's range becomes
 // inf (at::scalar_tensor would raise instead).
 at::Tensor value_in(const at::Tensor& x, double v) {
-  return at::scalar_tensor(v, x.options().dtype(at::kDouble)).to(x.scalar_type());
+  double largest = std::numeric_limits<double>::max();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "value_in", [&] {
+    largest = static_cast<double>(std::numeric_limits<scalar_t>::max());
+  });
+  if (std::abs(v) > largest) v = std::copysign(std::numeric_limits<double>::infinity(), v);
+  return at::scalar_tensor(v, x.options());
 }
 
 at::Tensor value(const at::Tensor& x, int64_t k, const std::optional<at::Tensor>& weights,
