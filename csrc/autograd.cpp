@@ -39,7 +39,7 @@ std::string short_name(const c10::OperatorHandle& op) {
   return full.substr(full.find("::") + 2);
 }
 
-// The in-place ops (prox_, prox_multi_) at the Autograd key: with grad mode
+// The in-place ops (prox_, prox_multi_, prox_coupled_) at the Autograd key: with grad mode
 // on, an argument that requires grad is an error, as an in-place op on a leaf
 // is in torch, since no graph can record the change.
 void inplace_without_derivative(const c10::OperatorHandle& op, c10::DispatchKeySet keys,
@@ -80,11 +80,13 @@ TORCH_LIBRARY_IMPL(wgsef, Autograd, m) {
   m.impl("nm_mask", torch::autograd::autogradNotImplementedFallback());
   m.impl("prox_", torch::CppFunction::makeFromBoxedFunction<&inplace_without_derivative>());
   m.impl("prox_multi_", torch::CppFunction::makeFromBoxedFunction<&inplace_without_derivative>());
+  m.impl("prox_coupled_", torch::CppFunction::makeFromBoxedFunction<&inplace_without_derivative>());
 }
 
 TORCH_LIBRARY_IMPL(wgsef, ADInplaceOrView, m) {
   m.impl("prox_", torch::CppFunction::makeFromBoxedFunction<&bump_versions_of_written>());
   m.impl("prox_multi_", torch::CppFunction::makeFromBoxedFunction<&bump_versions_of_written>());
+  m.impl("prox_coupled_", torch::CppFunction::makeFromBoxedFunction<&bump_versions_of_written>());
 }
 
 }  // namespace wgsef

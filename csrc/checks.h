@@ -206,16 +206,35 @@ inline GroupedTensor check_grouped_tensor(const char* op, const at::Tensor& x, i
   return t;
 }
 
-// prox_multi_ on every backend: the lists agree with the number of tensors,
-// every tensor is on xs[0]'s device with a valid layout, and every value held
-// on the host (lam and lr as CPU tensors, weights of CPU tensors) is checked.
-// Values on a device are not read back, so that the call can be captured in a
-// CUDA graph; ProxSGD checks them when it is built.
-inline std::vector<GroupedTensor> check_prox_multi_args(
+// lam (1 or `terms` entries) and lr of the multi-tensor ops: shapes, and the
+// values held on the host (CPU tensors). Values on a device are not read back,
+// so that the call can be captured in a CUDA graph; ProxSGD checks them.
+inline void check_strengths(const char* op, const at::Tensor& lam, const at::Tensor& lr,
+                            int64_t terms) {
+  check_scalar_tensor(op, "lr", lr);
+  TORCH_CHECK_VALUE(lam.dim() <= 1 && (lam.numel() == 1 || lam.numel() == terms), "wgsef.", op,
+                    ": lam must have 1 or ", terms, " entries, got shape ", lam.sizes());
+  TORCH_CHECK_TYPE(!lam.is_complex() && lam.scalar_type() != at::kBool, "wgsef.", op,
+                   ": lam must be real, got ", lam.scalar_type());
+  const at::Tensor lams = lam.device().is_cpu() ? lam.to(at::kDouble).contiguous() : at::Tensor();
+  if (lams.defined())
+    for (int64_t i = 0; i < lam.numel(); ++i)
+      check_nonnegative(op, "lam", lams.const_data_ptr<double>()[i]);
+  if (lr.device().is_cpu()) {
+    const double step = lr.item<double>();
+    check_nonnegative(op, "lr", step);
+    if (lams.defined())
+      for (int64_t i = 0; i < lam.numel(); ++i)
+        check_nonnegative(op, "lr * lam", step * lams.const_data_ptr<double>()[i]);
+  }
+}
+
+// The tensors of a multi-tensor op: every one on xs[0]'s device with a valid
+// layout entry or group ids, and its weights (values checked for CPU tensors).
+inline std::vector<GroupedTensor> check_tensor_list(
     const char* op, at::TensorList xs, at::IntArrayRef layout,
     const c10::List<std::optional<at::Tensor>>& group_ids,
-    const c10::List<std::optional<at::Tensor>>& weights, at::IntArrayRef k, const at::Tensor& lam,
-    const at::Tensor& lr, bool shared) {
+    const c10::List<std::optional<at::Tensor>>& weights) {
   const int64_t n = static_cast<int64_t>(xs.size());
   TORCH_CHECK_VALUE(static_cast<int64_t>(layout.size()) == 3 * n, "wgsef.", op,
                     ": layout must have 3 entries per tensor (", 3 * n, "), got ", layout.size());
@@ -223,29 +242,6 @@ inline std::vector<GroupedTensor> check_prox_multi_args(
                     ": group_ids must be empty or have one entry per tensor");
   TORCH_CHECK_VALUE(weights.empty() || static_cast<int64_t>(weights.size()) == n, "wgsef.", op,
                     ": weights must be empty or have one entry per tensor");
-  const int64_t terms = shared ? 1 : n;
-  TORCH_CHECK_VALUE(static_cast<int64_t>(k.size()) == terms, "wgsef.", op, ": k must have ", terms,
-                    " entries (", shared ? "shared budget" : "one per tensor", "), got ", k.size());
-  for (int64_t kk : k) check_k(op, kk);
-  check_scalar_tensor(op, "lr", lr);
-  TORCH_CHECK_VALUE(lam.dim() <= 1 && (lam.numel() == 1 || lam.numel() == terms), "wgsef.", op,
-                    ": lam must have 1 or ", terms, " entries, got shape ", lam.sizes());
-  TORCH_CHECK_TYPE(!lam.is_complex() && lam.scalar_type() != at::kBool, "wgsef.", op,
-                   ": lam must be real, got ", lam.scalar_type());
-  if (lam.device().is_cpu()) {
-    const at::Tensor values = lam.to(at::kDouble).contiguous();
-    for (int64_t i = 0; i < lam.numel(); ++i)
-      check_nonnegative(op, "lam", values.const_data_ptr<double>()[i]);
-  }
-  if (lr.device().is_cpu()) {
-    const double step = lr.item<double>();
-    check_nonnegative(op, "lr", step);
-    if (lam.device().is_cpu()) {
-      const at::Tensor values = lam.to(at::kDouble).contiguous();
-      for (int64_t i = 0; i < lam.numel(); ++i)
-        check_nonnegative(op, "lr * lam", step * values.const_data_ptr<double>()[i]);
-    }
-  }
   std::vector<GroupedTensor> tensors;
   tensors.reserve(n);
   int64_t offset = 0;
@@ -258,6 +254,95 @@ inline std::vector<GroupedTensor> check_prox_multi_args(
     offset += tensors.back().layout.num_groups;
   }
   return tensors;
+}
+
+// prox_multi_ on every backend: k per term (one per tensor, or one shared),
+// lam and lr, then the tensors; nothing is written before this returns.
+inline std::vector<GroupedTensor> check_prox_multi_args(
+    const char* op, at::TensorList xs, at::IntArrayRef layout,
+    const c10::List<std::optional<at::Tensor>>& group_ids,
+    const c10::List<std::optional<at::Tensor>>& weights, at::IntArrayRef k, const at::Tensor& lam,
+    const at::Tensor& lr, bool shared) {
+  const int64_t n = static_cast<int64_t>(xs.size());
+  const int64_t terms = shared ? 1 : n;
+  TORCH_CHECK_VALUE(static_cast<int64_t>(k.size()) == terms, "wgsef.", op, ": k must have ", terms,
+                    " entries (", shared ? "shared budget" : "one per tensor", "), got ", k.size());
+  for (int64_t kk : k) check_k(op, kk);
+  check_strengths(op, lam, lr, terms);
+  return check_tensor_list(op, xs, layout, group_ids, weights);
+}
+
+// prox_coupled_, after validation: the tensors with their own groups, each
+// one's map to the coupled groups, and the coupled groups' weights.
+struct CoupledArgs {
+  std::vector<GroupedTensor> tensors;
+  std::vector<at::Tensor> coupling;  // int64, contiguous, on the tensors' device
+  int64_t num_coupled = 0;           // G = sum(term_sizes)
+  at::Tensor weights;                // float64, contiguous, G entries; undefined = all 1
+
+  const double* weight_data() const {
+    return weights.defined() ? weights.const_data_ptr<double>() : nullptr;
+  }
+};
+
+inline CoupledArgs check_prox_coupled_args(const char* op, at::TensorList xs,
+                                           at::IntArrayRef layout,
+                                           const c10::List<std::optional<at::Tensor>>& group_ids,
+                                           at::TensorList coupling, at::IntArrayRef term_sizes,
+                                           const std::optional<at::Tensor>& weights,
+                                           at::IntArrayRef k, const at::Tensor& lam,
+                                           const at::Tensor& lr) {
+  const int64_t n = static_cast<int64_t>(xs.size());
+  const int64_t terms = static_cast<int64_t>(term_sizes.size());
+  CoupledArgs a;
+  for (int64_t t = 0; t < terms; ++t) {
+    TORCH_CHECK_VALUE(term_sizes[t] >= 0, "wgsef.", op, ": term_sizes must be >= 0, got ",
+                      term_sizes[t], " at ", t);
+    a.num_coupled += term_sizes[t];
+  }
+  TORCH_CHECK_VALUE(static_cast<int64_t>(k.size()) == terms, "wgsef.", op,
+                    ": k must have one entry per term (", terms, "), got ", k.size());
+  for (int64_t kk : k) check_k(op, kk);
+  check_strengths(op, lam, lr, terms);
+  TORCH_CHECK_VALUE(static_cast<int64_t>(coupling.size()) == n, "wgsef.", op,
+                    ": coupling must have one entry per tensor (", n, "), got ", coupling.size());
+  const c10::List<std::optional<at::Tensor>> no_weights;
+  a.tensors = check_tensor_list(op, xs, layout, group_ids, no_weights);
+  for (int64_t i = 0; i < n; ++i) {
+    const at::Tensor& c = coupling[i];
+    const int64_t declared = layout[3 * i + 1];
+    TORCH_CHECK_TYPE(c.scalar_type() == at::kLong, "wgsef.", op,
+                     ": coupling must hold int64 tensors, got ", c.scalar_type(), " at ", i);
+    TORCH_CHECK_VALUE(c.dim() == 1 && c.numel() == declared, "wgsef.", op, ": coupling[", i,
+                      "] must be 1-D with one entry per group of xs[", i, "] (", declared,
+                      "), got shape ", c.sizes());
+    TORCH_CHECK_VALUE(c.device() == xs[i].device(), "wgsef.", op, ": coupling[", i,
+                      "] must be on xs[", i, "]'s device ", xs[i].device(), ", got ", c.device());
+    // read on the host (for a device tensor, a synchronisation, as for group ids)
+    if (c.numel() > 0) {
+      const at::Tensor host = c.cpu();
+      const int64_t* v = host.const_data_ptr<int64_t>();
+      const auto [lo, hi] = std::minmax_element(v, v + c.numel());
+      TORCH_CHECK_VALUE(*lo >= 0 && *hi < a.num_coupled, "wgsef.", op, ": coupling[", i,
+                        "] must lie in [0, ", a.num_coupled, ") (the sum of term_sizes), got ",
+                        *lo < 0 ? *lo : *hi);
+    }
+    a.coupling.push_back(a.tensors[i].layout.num_groups == 0 ? c.narrow(0, 0, 0) : c.contiguous());
+  }
+  if (weights.has_value()) {
+    const at::Tensor& w = *weights;
+    TORCH_CHECK_TYPE(at::isFloatingType(w.scalar_type()), "wgsef.", op,
+                     ": weights must be a floating-point tensor, got ", w.scalar_type());
+    TORCH_CHECK_VALUE(w.dim() == 1 && w.numel() == a.num_coupled, "wgsef.", op,
+                      ": weights must be 1-D with one entry per coupled group (", a.num_coupled,
+                      "), got shape ", w.sizes());
+    TORCH_CHECK_VALUE(n == 0 || w.device() == xs[0].device(), "wgsef.", op,
+                      ": weights must be on the tensors' device, got ", w.device());
+    a.weights = w.to(at::kDouble).contiguous();
+    if (a.weights.device().is_cpu())
+      check_host_weights(op, a.weights.const_data_ptr<double>(), a.num_coupled);
+  }
+  return a;
 }
 
 // How w splits into N:M groups along dim, after validation.

@@ -34,6 +34,19 @@ TORCH_LIBRARY(wgsef, m) {
       "prox_multi_(Tensor(a!)[] xs, int[] layout, Tensor?[] group_ids, Tensor?[] weights, "
       "int[] k, Tensor lam, Tensor lr, bool shared=False) -> ()");
 
+  // In-place prox with coupled groups: a coupled group is a union of groups of
+  // several tensors (a filter, its batch-norm entries, the consumer's input
+  // channel), with norm sqrt(sum of its members' squared norms), and one
+  // factor scales all its members. xs, layout and group_ids describe each
+  // tensor's own groups as in prox_multi_; coupling[i] (int64, one entry per
+  // group of xs[i]) gives each of them its coupled group in [0, G). The G
+  // coupled groups form len(term_sizes) WGSEF terms of consecutive groups,
+  // term t with budget k[t] and strength lr*lam[t] (lam has 1 or len(k)
+  // entries); weights: None or one positive entry per coupled group.
+  m.def(
+      "prox_coupled_(Tensor(a!)[] xs, int[] layout, Tensor?[] group_ids, Tensor[] coupling, "
+      "int[] term_sizes, Tensor? weights, int[] k, Tensor lam, Tensor lr) -> ()");
+
   // N:M sparsity. Groups are runs of m consecutive elements along dim; the mask
   // keeps the n largest |w| of each (NaN ranks with +inf, ties to the lower
   // index; docs/design.md §6.2).

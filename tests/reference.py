@@ -138,3 +138,25 @@ def lambda_crit(a: np.ndarray, d: np.ndarray, k: int) -> float:
     if a[top[-1]] == a[nxt]:
         return float("inf")
     return float(np.max(a[nxt] / (d[top] * (a[top] - a[nxt]))))
+
+
+def coupled_prox(tensors, specs, coupling, term_sizes, weights, k, lam) -> list[np.ndarray]:
+    """The prox over coupled groups in float64: group g of tensor i belongs to
+    coupled group coupling[i][g]; a coupled group's squared norm is the sum of its
+    members'; the coupled groups form terms of term_sizes consecutive groups."""
+    total = int(sum(term_sizes))
+    sq = np.zeros(total)
+    members = []
+    for x, spec, c in zip(tensors, specs, coupling):
+        xn = x.detach().double().cpu().numpy()
+        ids, m = group_ids(tuple(x.shape), spec)
+        c = np.asarray(c, dtype=np.int64)
+        np.add.at(sq, c, sq_norms(xn, ids, m))
+        members.append((xn, ids, c))
+    d = np.ones(total) if weights is None else np.asarray(weights, dtype=np.float64)
+    f = np.zeros(total)
+    begin = 0
+    for size, kk, lt in zip(term_sizes, k, lam):
+        f[begin : begin + size] = prox_factors(sq[begin : begin + size], d[begin : begin + size], kk, lt)
+        begin += size
+    return [(xn.reshape(-1) * f[c[ids]]).reshape(xn.shape) for xn, ids, c in members]

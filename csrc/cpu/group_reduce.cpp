@@ -144,6 +144,25 @@ SquaredNorms group_sq_norms(const at::Tensor& x, const GroupLayout& g) {
   return r;
 }
 
+std::vector<double> joint_sq_norms(const std::vector<GroupedTensor>& tensors) {
+  std::vector<SquaredNorms> norms;
+  int exponent = std::numeric_limits<int>::min();
+  for (const GroupedTensor& t : tensors) {
+    norms.push_back(group_sq_norms(t.data, t.layout));
+    const SquaredNorms& n = norms.back();
+    // a tensor without a non-zero norm has no scale to impose
+    if (std::any_of(n.sq.data(), n.sq.data() + n.sq.size(), [](double v) { return v != 0.0; }))
+      exponent = std::max(exponent, n.exponent);
+  }
+  if (exponent == std::numeric_limits<int>::min()) exponent = 0;
+  std::vector<double> sq;
+  for (const SquaredNorms& n : norms) {
+    const int shift = 2 * (n.exponent - exponent);  // 2^shift may not be a double: ldexp each
+    for (int64_t i = 0; i < n.sq.size(); ++i) sq.push_back(std::ldexp(n.sq.data()[i], shift));
+  }
+  return sq;
+}
+
 void scale_groups(const at::Tensor& src, const at::Tensor& dst, const GroupLayout& g,
                   const double* factors) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, src.scalar_type(), "scale_groups", [&] {

@@ -4,6 +4,8 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <vector>
+
 #include "../checks.h"
 #include "thread_buffers.h"
 
@@ -22,6 +24,11 @@ struct SquaredNorms {
 
 // x must be contiguous.
 SquaredNorms group_sq_norms(const at::Tensor& x, const GroupLayout& g);
+
+// The squared norms of the groups of several tensors, concatenated in their
+// order, at one scale for all (the largest exponent among tensors with a
+// non-zero norm), as one WGSEF term over them needs.
+std::vector<double> joint_sq_norms(const std::vector<GroupedTensor>& tensors);
 
 // dst_{G_i} = factors[i] * src_{G_i}. src and dst are contiguous and may alias.
 void scale_groups(const at::Tensor& src, const at::Tensor& dst, const GroupLayout& g,

@@ -49,22 +49,7 @@ void prox_per_tensor(std::vector<GroupedTensor>& tensors, at::IntArrayRef k,
 void prox_shared(std::vector<GroupedTensor>& tensors, int64_t k, double strength, Workspace& ws) {
   bool weighted = false;
   for (const GroupedTensor& t : tensors) weighted = weighted || t.layout.weights.defined();
-  std::vector<SquaredNorms> norms;
-  int exponent = std::numeric_limits<int>::min();
-  for (const GroupedTensor& t : tensors) {
-    norms.push_back(group_sq_norms(t.data, t.layout));
-    const SquaredNorms& n = norms.back();
-    // a tensor without a non-zero norm has no scale to impose
-    if (std::any_of(n.sq.data(), n.sq.data() + n.sq.size(), [](double v) { return v != 0.0; }))
-      exponent = std::max(exponent, n.exponent);
-  }
-  if (exponent == std::numeric_limits<int>::min()) exponent = 0;
-  // one term, one scale: the largest, so that nothing overflows
-  std::vector<double> sq, d;
-  for (const SquaredNorms& n : norms) {
-    const int shift = 2 * (n.exponent - exponent);  // 2^shift may not be a double: ldexp each
-    for (int64_t i = 0; i < n.sq.size(); ++i) sq.push_back(std::ldexp(n.sq.data()[i], shift));
-  }
+  std::vector<double> sq = joint_sq_norms(tensors), d;
   for (const GroupedTensor& t : tensors) {
     const double* w = t.layout.weight_data();
     if (w) {

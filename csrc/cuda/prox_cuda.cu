@@ -12,6 +12,8 @@
 #include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/index_add.h>
+#include <ATen/ops/index_select.h>
 #include <ATen/ops/ones.h>
 #include <ATen/ops/sqrt.h>
 #include <ATen/ops/zeros.h>
@@ -641,6 +643,51 @@ void prox_multi_(at::TensorList xs, at::IntArrayRef layout,
     if (!data[i].is_same(xs[i])) xs[i].copy_(data[i]);
 }
 
+// Coupled groups: the members' squared norms summed per coupled group
+// (index_add_), one search per term, each member scaled by its group's factor
+// (index_select). Host synchronisation only for the coupling's range check.
+void prox_coupled_(at::TensorList xs, at::IntArrayRef layout,
+                   const c10::List<std::optional<at::Tensor>>& group_ids, at::TensorList coupling,
+                   at::IntArrayRef term_sizes, const std::optional<at::Tensor>& weights,
+                   at::IntArrayRef k, const at::Tensor& lam, const at::Tensor& lr) {
+  const char* op = "prox_coupled_";
+  const CoupledArgs a =
+      check_prox_coupled_args(op, xs, layout, group_ids, coupling, term_sizes, weights, k, lam, lr);
+  if (xs.empty() || a.num_coupled == 0) return;
+  const c10::Device device = xs[0].device();
+  const c10::cuda::CUDAGuard guard(device);
+  std::vector<at::Tensor> data;  // the outputs: tensors[i].data, scaled in place
+  for (const GroupedTensor& t : a.tensors) data.push_back(t.data);
+  const int64_t total = a.tensors.back().offset + a.tensors.back().layout.num_groups;
+  at::Tensor member = at::empty({total}, doubles_on(xs[0]));
+  launch_sq_norms(a.tensors, member.mutable_data_ptr<double>());
+  at::Tensor coupled = at::zeros({a.num_coupled}, doubles_on(xs[0]));
+  for (size_t i = 0; i < a.tensors.size(); ++i) {
+    const GroupedTensor& t = a.tensors[i];
+    if (t.layout.num_groups > 0)
+      coupled.index_add_(0, a.coupling[i], member.narrow(0, t.offset, t.layout.num_groups));
+  }
+  const ScalarArray lams(op, "lam", lam, device), lrs(op, "lr", lr, device);
+  std::vector<Term> terms;
+  int64_t begin = 0;
+  for (size_t t = 0; t < term_sizes.size(); ++t) {
+    const double* d = a.weight_data();
+    if (term_sizes[t] > 0)
+      terms.push_back({begin, term_sizes[t], k[t], d ? d + begin : nullptr, lams[t]});
+    begin += term_sizes[t];
+  }
+  launch_search<Want::kProxFactors>(terms, lrs[0], coupled, coupled.mutable_data_ptr<double>());
+  for (size_t i = 0; i < a.tensors.size(); ++i) {
+    const GroupedTensor& t = a.tensors[i];
+    if (t.layout.num_groups == 0) continue;
+    at::Tensor slice = member.narrow(0, t.offset, t.layout.num_groups);
+    at::index_select_out(slice, coupled, 0, a.coupling[i]);  // member factors, over the norms
+  }
+  launch_scale(a.tensors, data, member.const_data_ptr<double>());
+  for (size_t i = 0; i < xs.size(); ++i)
+    if (!data[i].is_same(xs[i])) xs[i].copy_(data[i]);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(wgsef, CUDA, m) {
@@ -650,6 +697,7 @@ TORCH_LIBRARY_IMPL(wgsef, CUDA, m) {
   m.impl("prox", &prox);
   m.impl("prox_", &prox_);
   m.impl("prox_multi_", &prox_multi_);
+  m.impl("prox_coupled_", &prox_coupled_);
 }
 
 }  // namespace wgsef::cuda

@@ -18,6 +18,7 @@ __all__ = [
     "nm_mask",
     "prox",
     "prox_",
+    "prox_coupled_",
     "prox_multi_",
     "value",
     "value_backward",
@@ -29,6 +30,7 @@ value_backward = torch.ops.wgsef.value_backward.default
 prox = torch.ops.wgsef.prox.default
 prox_ = torch.ops.wgsef.prox_.default
 prox_multi_ = torch.ops.wgsef.prox_multi_.default
+prox_coupled_ = torch.ops.wgsef.prox_coupled_.default
 nm_mask = torch.ops.wgsef.nm_mask.default
 nm_decay = torch.ops.wgsef.nm_decay.default
 
@@ -80,6 +82,15 @@ def _prox_fake(x, k, lam, weights=None, group_ids=None, num_groups=-1):
 @torch.library.register_fake("wgsef::prox_")
 def _prox_inplace_fake(x, k, lam, weights=None, group_ids=None, num_groups=-1):
     _no_meta_beside_real("prox_", x, lam=lam, weights=weights, group_ids=group_ids)
+    return None
+
+
+@torch.library.register_fake("wgsef::prox_coupled_")
+def _prox_coupled_fake(xs, layout, group_ids, coupling, term_sizes, weights, k, lam, lr):
+    real = next((x for x in xs if x.device.type != "meta"), None)
+    _no_meta_beside_real(
+        "prox_coupled_", real, "xs", xs=xs, group_ids=group_ids, coupling=coupling, weights=weights, lam=lam, lr=lr
+    )
     return None
 
 
