@@ -39,20 +39,25 @@ inline void check_k(const char* op, int64_t k) {
   TORCH_CHECK_VALUE(k >= 0, "wgsef.", op, ": k must be >= 0, got ", k);
 }
 
-// Weights as float64 on x's device, after their shape, dtype and device are
-// checked; their values are checked by check_weight_values().
-inline void attach_weights(const char* op, GroupLayout& g, const at::Tensor& x,
-                           const std::optional<at::Tensor>& weights) {
-  if (!weights.has_value()) return;
-  const at::Tensor& w = *weights;
+// Group weights as float64, after their dtype, shape (one entry per `kind`:
+// "group", "coupled group") and device are checked; their values are checked
+// separately (check_weight_values, check_host_weights).
+inline at::Tensor checked_weights(const char* op, const at::Tensor& w, int64_t count,
+                                  const char* kind, const c10::Device& device) {
   TORCH_CHECK_TYPE(at::isFloatingType(w.scalar_type()), "wgsef.", op,
                    ": weights must be a floating-point tensor, got ", w.scalar_type());
-  TORCH_CHECK_VALUE(w.dim() == 1 && w.numel() == g.num_groups, "wgsef.", op,
-                    ": weights must be 1-D with one entry per group (", g.num_groups,
-                    "), got shape ", w.sizes());
-  TORCH_CHECK_VALUE(w.device() == x.device(), "wgsef.", op, ": weights must be on x's device ",
-                    x.device(), ", got ", w.device());
-  g.weights = w.to(at::kDouble).contiguous();
+  TORCH_CHECK_VALUE(w.dim() == 1 && w.numel() == count, "wgsef.", op,
+                    ": weights must be 1-D with one entry per ", kind, " (", count, "), got shape ",
+                    w.sizes());
+  TORCH_CHECK_VALUE(w.device() == device, "wgsef.", op, ": weights must be on x's device ", device,
+                    ", got ", w.device());
+  return w.to(at::kDouble).contiguous();
+}
+
+inline void attach_weights(const char* op, GroupLayout& g, const at::Tensor& x,
+                           const std::optional<at::Tensor>& weights) {
+  if (weights.has_value())
+    g.weights = checked_weights(op, *weights, g.num_groups, "group", x.device());
 }
 
 // How x splits into groups, with its weights attached. With group_ids, the ids
@@ -330,15 +335,8 @@ inline CoupledArgs check_prox_coupled_args(const char* op, at::TensorList xs,
     a.coupling.push_back(a.tensors[i].layout.num_groups == 0 ? c.narrow(0, 0, 0) : c.contiguous());
   }
   if (weights.has_value()) {
-    const at::Tensor& w = *weights;
-    TORCH_CHECK_TYPE(at::isFloatingType(w.scalar_type()), "wgsef.", op,
-                     ": weights must be a floating-point tensor, got ", w.scalar_type());
-    TORCH_CHECK_VALUE(w.dim() == 1 && w.numel() == a.num_coupled, "wgsef.", op,
-                      ": weights must be 1-D with one entry per coupled group (", a.num_coupled,
-                      "), got shape ", w.sizes());
-    TORCH_CHECK_VALUE(n == 0 || w.device() == xs[0].device(), "wgsef.", op,
-                      ": weights must be on the tensors' device, got ", w.device());
-    a.weights = w.to(at::kDouble).contiguous();
+    a.weights = checked_weights(op, *weights, a.num_coupled, "coupled group",
+                                n > 0 ? xs[0].device() : weights->device());
     if (a.weights.device().is_cpu())
       check_host_weights(op, a.weights.const_data_ptr<double>(), a.num_coupled);
   }

@@ -18,8 +18,8 @@ void prox_coupled_(at::TensorList xs, at::IntArrayRef layout,
                    const c10::List<std::optional<at::Tensor>>& group_ids, at::TensorList coupling,
                    at::IntArrayRef term_sizes, const std::optional<at::Tensor>& weights,
                    at::IntArrayRef k, const at::Tensor& lam, const at::Tensor& lr) {
-  CoupledArgs a =
-      check_prox_coupled_args(kOp, xs, layout, group_ids, coupling, term_sizes, weights, k, lam, lr);
+  CoupledArgs a = check_prox_coupled_args(kOp, xs, layout, group_ids, coupling, term_sizes, weights,
+                                          k, lam, lr);
   if (a.num_coupled == 0) return;
   // a coupled group's squared norm: the sum over its members
   const std::vector<double> sq = joint_sq_norms(a.tensors);
