@@ -456,3 +456,23 @@ def test_a_float32_value_beyond_float_range_is_inf():
     assert wgsef.value(x, 2, "layer").item() == math.inf
     assert wgsef.value(x, 2, "elements").item() == math.inf
     assert wgsef.value(x.view(2, 2), 1).item() == math.inf
+
+
+@pytest.mark.parametrize("n", [50, 30_000])  # 30_000: the sampled bracket spans both tensors
+def test_a_shared_term_of_elements_streams_the_same_answers(n):
+    torch.manual_seed(11)
+    a = torch.randn(n, dtype=torch.float64)
+    b = torch.randn(n // 2, 3, dtype=torch.float64)
+    b[0] = 0.0
+    wa = torch.rand(n, dtype=torch.float64) + 0.5
+    lam, lr = torch.tensor(0.3, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64)
+    for k in (1, n // 2, 2 * n):
+        streamed = [a.clone(), b.clone()]
+        torch.ops.wgsef.prox_multi_(streamed, [1, n, 1, 1, b.numel(), 1], [], [wa, None], [k], lam, lr, True)
+        general = [a.clone(), b.clone()]  # the same groups as ids: the general search
+        ids = [torch.arange(n), torch.arange(b.numel()).reshape(b.shape)]
+        torch.ops.wgsef.prox_multi_(general, [0, n, 0, 0, b.numel(), 0], ids, [wa, None], [k], lam, lr, True)
+        for got, want in zip(streamed, general):
+            # eta from sums over 45k groups: ~1e-13 absolute at groups on the threshold
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+            assert torch.equal(got == 0, want == 0)

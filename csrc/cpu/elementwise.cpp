@@ -17,56 +17,74 @@ namespace {
 // Chunks of a fixed size, so that sums do not depend on the number of threads.
 constexpr int64_t kChunk = int64_t{1} << 15;
 
-// Sums N values over [0, n): body(begin, end, acc) adds a chunk's share to acc.
+// One tensor of a term of single-element groups: c_i = sqrt(d_i) |x_i| and
+// w_i = lam d_i of its element i. src and dst may be the same tensor.
+struct Span {
+  at::Tensor src, dst;
+  const double* d;
+  double c(double x, int64_t i) const { return d ? std::sqrt(d[i]) * std::abs(x) : std::abs(x); }
+  double w(double lam, int64_t i) const { return d ? lam * d[i] : lam; }
+};
+
+// f(x, n) with the span's source as a typed pointer.
+template <typename F>
+void with_source(const Span& s, const F& f) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.src.scalar_type(), "elementwise",
+                                  [&] { f(s.src.const_data_ptr<scalar_t>(), s.src.numel()); });
+}
+
+// Sums N values over all spans' elements: body(span, x, begin, end, acc) adds
+// a chunk's share to acc. Chunks run in parallel; partial sums add in order.
 template <int N, typename Body>
-std::array<double, N> chunked_sums(int64_t n, const Body& body) {
-  const int64_t chunks = (n + kChunk - 1) / kChunk;
-  std::vector<std::array<double, N>> partial(static_cast<size_t>(chunks));
-  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      partial[c].fill(0.0);
-      body(c * kChunk, std::min(n, (c + 1) * kChunk), partial[c]);
-    }
-  });
+std::array<double, N> chunked_sums(const std::vector<Span>& spans, const Body& body) {
   std::array<double, N> total{};
-  for (const auto& p : partial)
-    for (int j = 0; j < N; ++j) total[j] += p[j];
+  for (const Span& s : spans) {
+    with_source(s, [&](const auto* x, int64_t n) {
+      std::vector<std::array<double, N>> partial(static_cast<size_t>((n + kChunk - 1) / kChunk));
+      at::parallel_for(0, static_cast<int64_t>(partial.size()), 1, [&](int64_t c0, int64_t c1) {
+        for (int64_t c = c0; c < c1; ++c) {
+          partial[c].fill(0.0);
+          body(s, x, c * kChunk, std::min(n, (c + 1) * kChunk), partial[c]);
+        }
+      });
+      for (const auto& p : partial)
+        for (int j = 0; j < N; ++j) total[j] += p[j];
+    });
+  }
   return total;
 }
 
-// c_i = sqrt(d_i) |x_i| and w_i = lam d_i of element i.
-struct Element {
-  const double* d;
-  double lam;
-  double c(double x, int64_t i) const { return d ? std::sqrt(d[i]) * std::abs(x) : std::abs(x); }
-  double w(int64_t i) const { return d ? lam * d[i] : lam; }
-};
-
 // The term's counts and its largest breakpoint max_i (w_i + 1) / c_i.
-template <typename T>
-std::pair<TermCounts, double> summarise(const T* x, int64_t n, const Element& e) {
-  std::vector<std::array<double, 4>> partial(static_cast<size_t>((n + kChunk - 1) / kChunk));
-  at::parallel_for(0, static_cast<int64_t>(partial.size()), 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      double nonzero = 0.0, nan = 0.0, inf = 0.0, top = 0.0;
-      for (int64_t i = c * kChunk, end = std::min(n, (c + 1) * kChunk); i < end; ++i) {
-        const double v = static_cast<double>(x[i]);
-        nonzero += v != 0.0;
-        nan += std::isnan(v);
-        inf += std::isinf(v);
-        if (v != 0.0 && std::isfinite(v)) top = std::max(top, (e.w(i) + 1.0) / e.c(v, i));
-      }
-      partial[c] = {nonzero, nan, inf, top};
-    }
-  });
-  TermCounts t;
+std::pair<TermCounts, double> summarise(const std::vector<Span>& spans, double lam) {
+  std::array<double, 3> counts{};
   double top = 0.0;
-  for (const auto& p : partial) {
-    t.nonzero += static_cast<int64_t>(p[0]);
-    t.has_nan = t.has_nan || p[1] > 0.0;
-    t.has_inf = t.has_inf || p[2] > 0.0;
-    top = std::max(top, p[3]);
+  for (const Span& s : spans) {
+    with_source(s, [&](const auto* x, int64_t n) {
+      std::vector<std::array<double, 4>> partial(static_cast<size_t>((n + kChunk - 1) / kChunk));
+      at::parallel_for(0, static_cast<int64_t>(partial.size()), 1, [&](int64_t c0, int64_t c1) {
+        for (int64_t c = c0; c < c1; ++c) {
+          double nonzero = 0.0, nan = 0.0, inf = 0.0, most = 0.0;
+          for (int64_t i = c * kChunk, end = std::min(n, (c + 1) * kChunk); i < end; ++i) {
+            const double v = static_cast<double>(x[i]);
+            nonzero += v != 0.0;
+            nan += std::isnan(v);
+            inf += std::isinf(v);
+            if (v != 0.0 && std::isfinite(v))
+              most = std::max(most, (s.w(lam, i) + 1.0) / s.c(v, i));
+          }
+          partial[c] = {nonzero, nan, inf, most};
+        }
+      });
+      for (const auto& p : partial) {
+        for (int j = 0; j < 3; ++j) counts[j] += p[j];
+        top = std::max(top, p[3]);
+      }
+    });
   }
+  TermCounts t;
+  t.nonzero = static_cast<int64_t>(counts[0]);
+  t.has_nan = counts[1] > 0.0;
+  t.has_inf = counts[2] > 0.0;
   return {t, top};
 }
 
@@ -85,39 +103,49 @@ double sample_root(const std::vector<double>& c, const std::vector<double>& w, d
   return hi;
 }
 
-// The root of h by passes over x (w_i = 0 for the value and its gradient).
-// A sample of 4096 groups gives two points meant to bracket the root closely
-// (the sample count's spread, four standard deviations either side); one pass
-// each checks them, and the Newton steps start from that bracket. A point that
-// fails its check still narrows the full bracket [0, top].
-template <typename T>
-double threshold(const T* x, int64_t n, const Element& e, const TermCounts& t, int64_t k,
+// The root of h by passes over the spans (lam = 0 for the value and its
+// gradient). A sample of 4096 groups gives two points meant to bracket the
+// root closely (the sample count's spread, four standard deviations either
+// side); one pass each checks them, and the Newton steps start from that
+// bracket. A point that fails its check still narrows the full bracket [0, top].
+double threshold(const std::vector<Span>& spans, double lam, const TermCounts& t, int64_t k,
                  double top) {
   const auto segment = [&](double at, double (&seg)[3]) {
-    const auto sums = chunked_sums<3>(n, [&](int64_t begin, int64_t end, auto& acc) {
-      for (int64_t i = begin; i < end; ++i) {
-        const double c = e.c(static_cast<double>(x[i]), i), w = e.w(i);
-        const double s = c * at - w;
-        if (s >= 1.0) {
-          acc[0] += 1.0;
-        } else if (s > 0.0) {
-          acc[1] += c;
-          acc[2] += w;
-        }
-      }
-    });
+    const auto sums = chunked_sums<3>(
+        spans, [&](const Span& s, const auto* x, int64_t begin, int64_t end, auto& acc) {
+          for (int64_t i = begin; i < end; ++i) {
+            const double c = s.c(static_cast<double>(x[i]), i), w = s.w(lam, i);
+            const double v = c * at - w;
+            if (v >= 1.0) {
+              acc[0] += 1.0;
+            } else if (v > 0.0) {
+              acc[1] += c;
+              acc[2] += w;
+            }
+          }
+        });
     seg[0] = sums[0], seg[1] = sums[1], seg[2] = sums[2];
   };
   Bracket b = full_bracket(t.nonzero, k, top);
   constexpr int64_t kSample = 4096;
-  if (n > 4 * kSample) {
+  int64_t total = 0;
+  for (const Span& s : spans) total += s.src.numel();
+  if (total > 4 * kSample) {
     std::vector<double> c, w;
-    for (int64_t j = 0; j < kSample; ++j) {
-      const int64_t i = j * n / kSample;
-      const double v = static_cast<double>(x[i]);
-      if (v == 0.0) continue;
-      c.push_back(e.c(v, i));
-      w.push_back(e.w(i));
+    int64_t first = 0;  // the first element of the current span, in the whole term
+    for (const Span& s : spans) {
+      with_source(s, [&](const auto* x, int64_t n) {
+        // sample positions j * total / kSample that fall in this span
+        for (int64_t j = (first * kSample + total - 1) / total; j * total / kSample < first + n;
+             ++j) {
+          const int64_t i = j * total / kSample - first;
+          const double v = static_cast<double>(x[i]);
+          if (v == 0.0) continue;
+          c.push_back(s.c(v, i));
+          w.push_back(s.w(lam, i));
+        }
+      });
+      first += s.src.numel();
     }
     const double share = static_cast<double>(k) / static_cast<double>(t.nonzero);
     const double expected = share * static_cast<double>(c.size());
@@ -140,56 +168,37 @@ double threshold(const T* x, int64_t n, const Element& e, const TermCounts& t, i
   return solve_threshold_by_passes(segment, k, b);
 }
 
-template <typename T>
-void prox_impl(const T* x, T* y, int64_t n, const double* d, int64_t k, double lam) {
-  using acc_t = at::opmath_type<T>;
-  const Element e{d, lam};
-  const auto [t, top] = summarise(x, n, e);
-  const double eta = prox_searches(t, k, lam) ? threshold(x, n, e, t, k, top) : 0.0;
-  at::parallel_for(0, n, kChunk, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const double f = prox_factor(t, k, lam, e.c(static_cast<double>(x[i]), i), eta, e.w(i));
-      y[i] = static_cast<T>(static_cast<acc_t>(x[i]) * static_cast<acc_t>(f));
-    }
-  });
-}
-
 // eta of the value's shares, +inf where no search is needed.
-template <typename T>
-double envelope_threshold(const T* x, int64_t n, const Element& e, const TermCounts& t, int64_t k,
+double envelope_threshold(const std::vector<Span>& spans, const TermCounts& t, int64_t k,
                           double top) {
-  return envelope_searches(t, k) ? threshold(x, n, e, t, k, top)
+  return envelope_searches(t, k) ? threshold(spans, 0.0, t, k, top)
                                  : std::numeric_limits<double>::infinity();
 }
 
-template <typename T>
-double value_impl(const T* x, int64_t n, const double* d, int64_t k) {
-  const Element e{d, 0.0};
-  const auto [t, top] = summarise(x, n, e);
-  const double eta = envelope_threshold(x, n, e, t, k, top);
-  if (!t.finite()) return envelope_value_from(t, k, 0.0);
-  const auto total = chunked_sums<1>(n, [&](int64_t begin, int64_t end, auto& acc) {
-    for (int64_t i = begin; i < end; ++i) {
-      const double c = e.c(static_cast<double>(x[i]), i);
-      const double u = envelope_share(c, eta);
-      if (u > 0.0) acc[0] += c * c / u;
-    }
-  });
-  return envelope_value_from(t, k, 0.5 * total[0]);
+// dst_i = src_i * per_element(span, src_i as double, i), for every span.
+template <typename F>
+void scale_spans(const std::vector<Span>& spans, const F& per_element) {
+  for (const Span& s : spans) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, s.src.scalar_type(), "elementwise", [&] {
+          using acc_t = at::opmath_type<scalar_t>;
+          const scalar_t* x = s.src.const_data_ptr<scalar_t>();
+          scalar_t* y = s.dst.mutable_data_ptr<scalar_t>();
+          at::parallel_for(0, s.src.numel(), kChunk, [&](int64_t begin, int64_t end) {
+            for (int64_t i = begin; i < end; ++i) {
+              const double f = per_element(s, static_cast<double>(x[i]), i);
+              y[i] = static_cast<scalar_t>(static_cast<acc_t>(x[i]) * static_cast<acc_t>(f));
+            }
+          });
+        });
+  }
 }
 
-template <typename T>
-void grad_impl(const T* x, T* g, int64_t n, const double* d, int64_t k, double upstream) {
-  using acc_t = at::opmath_type<T>;
-  const Element e{d, 0.0};
-  const auto [t, top] = summarise(x, n, e);
-  const double eta = envelope_threshold(x, n, e, t, k, top);
-  at::parallel_for(0, n, kChunk, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const double c = e.c(static_cast<double>(x[i]), i);
-      const double s = upstream * grad_scale(t, k, c, d ? d[i] : 1.0, eta);
-      g[i] = static_cast<T>(static_cast<acc_t>(x[i]) * static_cast<acc_t>(s));
-    }
+void prox_spans(const std::vector<Span>& spans, int64_t k, double lam) {
+  const auto [t, top] = summarise(spans, lam);
+  const double eta = prox_searches(t, k, lam) ? threshold(spans, lam, t, k, top) : 0.0;
+  scale_spans(spans, [&, t = t](const Span& s, double v, int64_t i) {
+    return prox_factor(t, k, lam, s.c(v, i), eta, s.w(lam, i));
   });
 }
 
@@ -197,28 +206,39 @@ void grad_impl(const T* x, T* g, int64_t n, const double* d, int64_t k, double u
 
 void prox_elementwise(const at::Tensor& src, const at::Tensor& dst, const double* d, int64_t k,
                       double lam) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, src.scalar_type(), "prox_elementwise", [&] {
-        prox_impl(src.const_data_ptr<scalar_t>(), dst.mutable_data_ptr<scalar_t>(), src.numel(), d,
-                  k, lam);
-      });
+  prox_spans({Span{src, dst, d}}, k, lam);
+}
+
+void prox_elementwise(const std::vector<GroupedTensor>& tensors, int64_t k, double lam) {
+  std::vector<Span> spans;
+  for (const GroupedTensor& t : tensors) spans.push_back({t.data, t.data, t.layout.weight_data()});
+  prox_spans(spans, k, lam);
 }
 
 double value_elementwise(const at::Tensor& x, const double* d, int64_t k) {
-  double v = 0.0;
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, x.scalar_type(), "value_elementwise",
-      [&] { v = value_impl(x.const_data_ptr<scalar_t>(), x.numel(), d, k); });
-  return v;
+  const std::vector<Span> spans{Span{x, x, d}};
+  const auto [t, top] = summarise(spans, 0.0);
+  const double eta = envelope_threshold(spans, t, k, top);
+  if (!t.finite()) return envelope_value_from(t, k, 0.0);
+  const auto total = chunked_sums<1>(
+      spans, [&](const Span& s, const auto* p, int64_t begin, int64_t end, auto& acc) {
+        for (int64_t i = begin; i < end; ++i) {
+          const double c = s.c(static_cast<double>(p[i]), i);
+          const double u = envelope_share(c, eta);
+          if (u > 0.0) acc[0] += c * c / u;
+        }
+      });
+  return envelope_value_from(t, k, 0.5 * total[0]);
 }
 
 void grad_elementwise(const at::Tensor& x, const at::Tensor& out, const double* d, int64_t k,
                       double upstream) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, x.scalar_type(), "grad_elementwise", [&] {
-        grad_impl(x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), x.numel(), d, k,
-                  upstream);
-      });
+  const std::vector<Span> spans{Span{x, out, d}};
+  const auto [t, top] = summarise(spans, 0.0);
+  const double eta = envelope_threshold(spans, t, k, top);
+  scale_spans(spans, [&, t = t](const Span& s, double v, int64_t i) {
+    return upstream * grad_scale(t, k, s.c(v, i), s.d ? s.d[i] : 1.0, eta);
+  });
 }
 
 }  // namespace wgsef::cpu

@@ -7,6 +7,8 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <vector>
+
 #include "../checks.h"
 
 namespace wgsef::cpu {
@@ -19,6 +21,10 @@ inline bool is_elementwise(const GroupLayout& g) {
 // src and dst are contiguous and may alias.
 void prox_elementwise(const at::Tensor& src, const at::Tensor& dst, const double* d, int64_t k,
                       double lam);
+
+// The same in place, for one term over the elements of several tensors (a
+// shared prox_multi_ term); every tensor must be is_elementwise.
+void prox_elementwise(const std::vector<GroupedTensor>& tensors, int64_t k, double lam);
 
 // WGSEF_{k,d}(x), elementwise groups.
 double value_elementwise(const at::Tensor& x, const double* d, int64_t k);

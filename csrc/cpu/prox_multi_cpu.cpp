@@ -47,6 +47,9 @@ void prox_per_tensor(std::vector<GroupedTensor>& tensors, at::IntArrayRef k,
 // One term over the groups of all tensors: one search, each tensor scaled by
 // its slice of the factors.
 void prox_shared(std::vector<GroupedTensor>& tensors, int64_t k, double strength, Workspace& ws) {
+  if (std::all_of(tensors.begin(), tensors.end(),
+                  [](const GroupedTensor& t) { return is_elementwise(t.layout); }))
+    return prox_elementwise(tensors, k, strength);  // no per-group arrays
   bool weighted = false;
   for (const GroupedTensor& t : tensors) weighted = weighted || t.layout.weights.defined();
   std::vector<double> sq = joint_sq_norms(tensors), d;
