@@ -399,6 +399,9 @@ def test_elements_prox_needs_no_memory_per_group():
         "before = peak()\n"
         "wgsef.prox_(x, 2_000_000, 0.01, 'elements')\n"
         "wgsef.value(x, 2_000_000, 'elements')\n"
+        "parts = [x[:3_000_000], x[3_000_000:]]\n"
+        "lam, lr = torch.tensor(0.01), torch.tensor(1.0)\n"
+        "torch.ops.wgsef.prox_multi_(parts, [1, 3_000_000, 1, 1, 1_000_000, 1], [], [], [2_000_000], lam, lr, True)\n"
         "print((peak() - before) / (x.numel() * 4))\n"
     )
     if not Path("/proc/self/status").exists():
