@@ -58,7 +58,7 @@ inline double sum_squares(const T* p, int64_t n) {
       for (int j = 0; j < 8; ++j) {
         const lane_t v = static_cast<lane_t>(p[i + j]);
         acc[j] += v * v;
-        nonzero[j] = nonzero[j] || v != lane_t(0);
+        if constexpr (!std::is_same_v<T, double>) nonzero[j] = nonzero[j] || v != lane_t(0);
       }
     }
     double block = ((double(acc[0]) + acc[1]) + (double(acc[2]) + acc[3])) +
