@@ -1,6 +1,17 @@
-"""Physically remove pruned filters: a smaller dense model with the same outputs.
+"""Physically remove pruned channels: a smaller dense model with the same outputs.
 
-:func:`compact` walks an ``nn.Sequential`` chain of ``Conv2d`` / ``BatchNorm2d`` /
+:func:`compact` takes two routes and checks both on ``example_inputs``:
+
+* Any traceable model: every coupled group (:mod:`wgsef.coupled`) whose slices are
+  all zero is removed by Torch-Pruning (``pip install wgsef[prune]``).
+* An ``nn.Sequential`` chain of the layers listed below (with :class:`Residual`
+  blocks): the hand-written path, which needs no Torch-Pruning and adds one thing
+  the coupled route does not do: it also removes a filter whose weights are zero
+  but whose bias or batch-norm shift is not (what training with per-tensor
+  ``"filters"`` groups leaves), folding that channel's constant output into the
+  next layer's bias.
+
+The hand-written path walks an ``nn.Sequential`` chain of ``Conv2d`` / ``BatchNorm2d`` /
 ``Linear`` layers with element-wise activations, pooling, dropout and one
 ``Flatten``. A conv filter (or linear row) whose weights are all zero produces a
 channel that does not depend on the input: a constant (its bias, through the batch
@@ -20,6 +31,8 @@ last) are compacted like any chain.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -78,20 +91,84 @@ def _constant_channels(
     return value
 
 
-@torch.no_grad()
-def compact(model: nn.Sequential, example_input: torch.Tensor) -> nn.Sequential:
-    """A copy of ``model`` without its all-zero conv filters and linear rows.
+_CHAIN_LAYERS = _PASS_THROUGH + (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.BatchNorm1d, nn.Flatten)
+
+
+def _is_chain(model: nn.Module) -> bool:
+    """Whether the hand-written path handles ``model``: a Sequential of chain layers and Residual blocks."""
+    if not isinstance(model, nn.Sequential):
+        return False
+    return all(
+        isinstance(m, _CHAIN_LAYERS) or (isinstance(m, Residual) and _is_chain(m.body) and _is_chain_or_identity(m))
+        for m in model
+    )
+
+
+def _is_chain_or_identity(block: Residual) -> bool:
+    return (
+        isinstance(block.shortcut, nn.Identity)
+        or isinstance(block.shortcut, _CHAIN_LAYERS)
+        or _is_chain(block.shortcut)
+    )
+
+
+def compact(
+    model: nn.Module,
+    example_inputs: Any,
+    *,
+    rtol: float = 1e-4,
+    unwrapped_parameters: Sequence[tuple[nn.Parameter, int]] = (),
+) -> nn.Module:
+    """A smaller copy of ``model`` without its zero channels; ``model`` is not modified.
 
     Args:
-        model: an ``nn.Sequential`` (see the module docstring for what it may hold).
-        example_input: one input batch, used to learn the spatial size at ``Flatten``.
+        model: any model Torch-Pruning can trace, or an ``nn.Sequential`` chain (see
+            the module docstring for the two routes).
+        example_inputs: inputs for one forward pass (a tensor, a tuple of positional
+            inputs or a dict of keyword inputs); the result is checked on them.
+        rtol: the largest relative output difference accepted (each output tensor's
+            max abs difference over its max abs value, eval mode).
+        unwrapped_parameters: as in :func:`wgsef.coupled_terms`.
 
     Returns:
-        A new ``nn.Sequential`` in eval mode whose outputs equal ``model``'s (in eval
-        mode) up to floating-point rounding.
+        A plain ``nn.Module`` in eval mode, whose outputs equal ``model``'s in eval
+        mode. Raises ``RuntimeError`` if they do not, never returning a wrong model.
     """
-    if not isinstance(model, nn.Sequential):
-        raise TypeError(f"model: expected an nn.Sequential, got {type(model).__name__}")
+    from .coupled import _floating_outputs, _outputs_close, _params_on_copy, _run, compact_coupled
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+    was_training = model.training
+    if _is_chain(model) and not unwrapped_parameters:
+        x = example_inputs if isinstance(example_inputs, torch.Tensor) else None
+        if x is None:
+            raise TypeError("example_inputs: an nn.Sequential chain takes one input tensor")
+        small = _compact_chain(model, x)
+    else:
+        small = copy.deepcopy(model)
+        compact_coupled(small, example_inputs, _params_on_copy(unwrapped_parameters, model, small))
+    model.eval()
+    small.eval()
+    try:
+        with torch.no_grad():
+            reference, got = _run(model, example_inputs), _run(small, example_inputs)
+    finally:
+        model.train(was_training)
+    if not _floating_outputs(reference):
+        raise ValueError("example_inputs: the model's output holds no floating-point tensor to compare")
+    ok, worst = _outputs_close(reference, got, rtol)
+    if not ok:
+        raise RuntimeError(
+            f"compact: the compacted {type(model).__name__} differs from the original by {worst:.3g} "
+            f"(relative, > rtol={rtol}); no model returned"
+        )
+    return small
+
+
+@torch.no_grad()
+def _compact_chain(model: nn.Sequential, example_input: torch.Tensor) -> nn.Sequential:
+    """The hand-written path: a copy of the chain without its all-zero conv filters
+    and linear rows, constant channels folded into the next layer's bias."""
     was_training = model.training
     model.eval()
     layers = [copy.deepcopy(m) for m in model]
@@ -100,7 +177,7 @@ def compact(model: nn.Sequential, example_input: torch.Tensor) -> nn.Sequential:
     for j, layer in enumerate(model):
         shapes.append(tuple(x.shape[1:]))
         if isinstance(layer, Residual):
-            layers[j] = Residual(compact(layer.body, x), copy.deepcopy(layer.shortcut))
+            layers[j] = Residual(_compact_chain(layer.body, x), copy.deepcopy(layer.shortcut))
         x = layer(x)
     model.train(was_training)
 

@@ -8,6 +8,8 @@ A group spec is one of
 * ``"layer"``: the whole tensor is one group;
 * ``"elements"``: every element is its own group (WGSEF becomes the plain SEF);
 * ``("heads", h)``: dim 0 split into ``h`` equal contiguous blocks (attention heads);
+* ``("dim", d)``: group ``i`` is ``x.select(d, i)`` (``"filters"`` is ``("dim", 0)``,
+  ``"channels"`` is ``("dim", 1)``); coupled groups use it for every member tensor;
 * an integer tensor of x's shape holding each element's group id in ``[0, G)``.
 
 Group order (for ``weights`` and for :func:`wgsef.group_norms`) is the index order
@@ -23,7 +25,7 @@ import torch
 
 GroupSpec = str | tuple | torch.Tensor
 
-GROUP_TYPES = ("filters", "channels", "shapes", "layer", "elements", "heads")
+GROUP_TYPES = ("filters", "channels", "shapes", "layer", "elements", "heads", "dim")
 
 
 class GroupLayout(NamedTuple):
@@ -37,6 +39,12 @@ class GroupLayout(NamedTuple):
 def _strided_shape(x: torch.Tensor, groups: str | tuple) -> tuple[int, int, int]:
     shape = tuple(x.shape)
     n = math.prod(shape)
+    if isinstance(groups, tuple) and len(groups) == 2 and groups[0] == "dim":
+        d = groups[1]
+        if isinstance(d, bool) or not isinstance(d, int) or not -x.dim() <= d < x.dim():
+            raise ValueError(f"groups: ('dim', d) needs an int d in [{-x.dim()}, {x.dim()}), got {d!r}")
+        d %= x.dim()
+        return (math.prod(shape[:d]), shape[d], math.prod(shape[d + 1 :]))
     if isinstance(groups, tuple):
         if len(groups) != 2 or groups[0] != "heads" or isinstance(groups[1], bool) or not isinstance(groups[1], int):
             raise ValueError(f"groups: expected ('heads', num_heads), got {groups!r}")
@@ -59,7 +67,7 @@ def _strided_shape(x: torch.Tensor, groups: str | tuple) -> tuple[int, int, int]
             return (shape[0], shape[1], math.prod(shape[2:]))
         return (shape[0], math.prod(shape[1:]), 1)
     raise ValueError(
-        f"groups: expected one of {GROUP_TYPES[:-1]}, ('heads', h) or a tensor of group ids, got {groups!r}"
+        f"groups: expected one of {GROUP_TYPES[:-2]}, ('heads', h), ('dim', d) or a tensor of group ids, got {groups!r}"
     )
 
 

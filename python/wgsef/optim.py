@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.sgd import sgd as sgd_functional
 
-from . import ops
+from . import functional, ops
 from .groups import GroupSpec, group_layout, renumbered
 
 __all__ = ["ProxSGD", "regularized_param_groups"]
@@ -31,15 +31,15 @@ def _is_number(v: Any) -> bool:
 
 def _per_tensor(value: Any, n: int, name: str) -> list:
     """Broadcast a scalar option to n tensors, or check a per-tensor list."""
-    if isinstance(value, (list, tuple)) and not (name == "groups" and _is_heads_spec(value)):
+    if isinstance(value, (list, tuple)) and not (name == "groups" and _is_tuple_spec(value)):
         if len(value) != n:
             raise ValueError(f"{name}: expected one entry per parameter ({n}), got {len(value)}")
         return list(value)
     return [value] * n
 
 
-def _is_heads_spec(value: Any) -> bool:
-    return isinstance(value, tuple) and len(value) == 2 and value[0] == "heads"
+def _is_tuple_spec(value: Any) -> bool:
+    return isinstance(value, tuple) and len(value) == 2 and value[0] in ("heads", "dim")
 
 
 def _resolve_k(k: int | float, num_groups: int, where: str) -> int:
@@ -58,48 +58,152 @@ def _resolve_k(k: int | float, num_groups: int, where: str) -> int:
 
 
 class _ProxTerms:
-    """The WGSEF terms of one param group: each tensor's group layout and weights,
-    and the budgets, as ``prox_multi_`` takes them."""
+    """The WGSEF terms of one param group, as ``prox_multi_`` or ``prox_coupled_``
+    takes them: each tensor's group layout, the weights and the budgets.
+
+    Without ``coupling`` each tensor is its own term (or, with ``shared_k``, all of
+    them are one term over the union of their groups). With ``coupling`` the
+    terms are over coupled groups: ``coupling[i][g]`` is the coupled group of
+    tensor i's group g, terms are runs of ``term_sizes`` consecutive coupled groups
+    (one run with ``shared_k``), and ``weights`` holds one weight per coupled group.
+    """
 
     def __init__(self, group: dict[str, Any]):
         params: list[Tensor] = group["params"]
         n = len(params)
         names = group.get("names") or [f"params[{i}]" for i in range(n)]
+        self.coupled = group.get("coupling") is not None
         specs = _per_tensor(group["groups"], n, "groups")
-        weights = _per_tensor(group["weights"], n, "weights")
+        weights = [None] * n if self.coupled else _per_tensor(group["weights"], n, "weights")
         self.layouts: list[tuple[int, int, int]] = []
         self.group_ids: list[Tensor | None] = []
         self.weights: list[Tensor | None] = []
         self.num_groups: list[int] = []
         for p, spec, w, name in zip(params, specs, weights, names):
-            if w is not None and not isinstance(w, Tensor):
-                try:
-                    w = torch.as_tensor(w, dtype=torch.float64, device=p.device)
-                except (TypeError, ValueError, RuntimeError) as err:
-                    raise TypeError(
-                        f"weights: expected a tensor or a sequence of floats for {name}, got {w!r}"
-                    ) from err
+            w = _weight_tensor(w, p.device, name)
             try:
                 layout = group_layout(p, spec, w)
             except (TypeError, ValueError) as err:
                 raise type(err)(f"{err} (for {name})") from None
-            if layout.group_ids is not None and w is None and layout.num_groups > p.numel():
+            if layout.group_ids is not None and w is None and layout.num_groups > p.numel() and not self.coupled:
                 layout, _, _ = renumbered(layout, None)  # ids far beyond the tensor: the used groups
-            if w is not None and w.numel() != layout.num_groups:
-                raise ValueError(f"weights: {name} has {layout.num_groups} groups, got {w.numel()} weights")
-            if w is not None and not bool((w > 0).all() and torch.isfinite(w).all()):
-                raise ValueError(f"weights: must be positive and finite for {name}")
+            if w is not None:
+                _check_weights(w, layout.num_groups, name)
             self.layouts.append(layout.shape or (0, layout.num_groups, 0))
             self.group_ids.append(layout.group_ids)
             self.weights.append(w)
             self.num_groups.append(layout.num_groups)
+        self.names = names
         self.shared = bool(group["shared_k"])
+        if self.coupled:
+            self._init_coupling(group, params)
+            return
+        self.term_names = ["shared"] if self.shared else list(names)
         if self.shared:
             self.k = [_resolve_k(group["k"], sum(self.num_groups), " (shared budget)")]
         else:
             ks = _per_tensor(group["k"], n, "k")
             self.k = [_resolve_k(k, m, f" for {name}") for k, m, name in zip(ks, self.num_groups, names)]
-        self.names = names
+
+    def _init_coupling(self, group: dict[str, Any], params: list[Tensor]) -> None:
+        sizes = group.get("term_sizes")
+        if not isinstance(sizes, (list, tuple)) or not all(_is_int(v) and v >= 0 for v in sizes):
+            raise ValueError(f"term_sizes: expected a list of ints >= 0 (coupled groups per term), got {sizes!r}")
+        total = sum(sizes)
+        coupling = _per_tensor(group["coupling"], len(params), "coupling")
+        self.coupling: list[Tensor] = []
+        for c, p, m, name in zip(coupling, params, self.num_groups, self.names):
+            if not isinstance(c, Tensor) or c.dtype != torch.int64 or c.dim() != 1 or c.numel() != m:
+                raise ValueError(f"coupling: expected an int64 tensor of {m} coupled group ids for {name}, got {c!r}")
+            if c.numel() and not (0 <= int(c.min()) and int(c.max()) < total):
+                raise ValueError(f"coupling: ids of {name} must lie in [0, {total}) (the sum of term_sizes)")
+            self.coupling.append(c.to(p.device))
+        names = group.get("term_names") or [f"term[{t}]" for t in range(len(sizes))]
+        self.term_sizes = [total] if self.shared else list(sizes)
+        self.term_names = ["shared"] if self.shared else list(names)
+        w = group["weights"]
+        self.coupled_weights = None
+        if w is not None:
+            device = params[0].device if params else None
+            self.coupled_weights = _check_weights(
+                _weight_tensor(w, device, "the coupled groups"), total, "the coupled groups"
+            )
+        ks = [group["k"]] if self.shared else _per_tensor(group["k"], len(sizes), "k")
+        self.k = [_resolve_k(k, m, f" for {name}") for k, m, name in zip(ks, self.term_sizes, self.term_names)]
+
+    @property
+    def num_terms(self) -> int:
+        return len(self.k)
+
+    def term_norms(self, params: Sequence[Tensor]) -> list[Tensor]:
+        """Each term's group norms in float64 (differentiable), in group order."""
+        squares = []
+        for p, layout, ids in zip(params, self.layouts, self.group_ids):
+            x = p.double()
+            if ids is None:
+                squares.append(x.reshape(layout).square().sum((0, 2)))
+            else:  # weights may declare more groups than p has elements: sum by id
+                squares.append(x.new_zeros(layout[1]).index_add(0, ids.reshape(-1), x.reshape(-1).square()))
+        if self.coupled:
+            total = sum(self.term_sizes)
+            joint = squares[0].new_zeros(total) if squares else torch.zeros(total, dtype=torch.float64)
+            for sq, c in zip(squares, self.coupling):
+                joint = joint.index_add(0, c, sq)
+            return list(torch.split(_sqrt(joint), self.term_sizes))
+        norms = [_sqrt(sq) for sq in squares]
+        return [torch.cat(norms)] if self.shared else norms
+
+    def term_weights(self) -> list[Tensor | None]:
+        """Each term's group weights (None: all 1)."""
+        if self.coupled:
+            w = self.coupled_weights
+            return [None] * self.num_terms if w is None else list(torch.split(w, self.term_sizes))
+        if not self.shared:
+            return list(self.weights)
+        if all(w is None for w in self.weights):
+            return [None]
+        return [
+            torch.cat(
+                [
+                    torch.ones(m, dtype=torch.float64) if w is None else w.double().cpu()
+                    for w, m in zip(self.weights, self.num_groups)
+                ]
+            )
+        ]
+
+    def tensor_masks(self, term_masks: list[Tensor]) -> list[Tensor]:
+        """Per-tensor masks over each tensor's own groups from per-term masks."""
+        if self.coupled:
+            joint = torch.cat(term_masks)
+            return [joint.to(c.device)[c] for c in self.coupling]
+        return list(torch.split(term_masks[0], self.num_groups)) if self.shared else list(term_masks)
+
+
+def _sqrt(squares: Tensor) -> Tensor:
+    """sqrt with a zero gradient at 0 (the subgradient WGSEF's gradient uses there)."""
+    positive = squares > 0
+    return torch.where(positive, squares, 1.0).sqrt() * positive
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _weight_tensor(w: Any, device: torch.device | None, name: str) -> Tensor | None:
+    if w is None or isinstance(w, Tensor):
+        return w
+    try:
+        return torch.as_tensor(w, dtype=torch.float64, device=device)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(f"weights: expected a tensor or a sequence of floats for {name}, got {w!r}") from err
+
+
+def _check_weights(w: Tensor, num_groups: int, name: str) -> Tensor:
+    if w.numel() != num_groups:
+        raise ValueError(f"weights: {name} has {num_groups} groups, got {w.numel()} weights")
+    if not bool((w > 0).all() and torch.isfinite(w).all()):
+        raise ValueError(f"weights: must be positive and finite for {name}")
+    return w
 
 
 def _as_tensor(value: float | Tensor | Sequence[float]) -> Tensor:
@@ -136,15 +240,26 @@ def _sgd_on_device(
     torch._foreach_sub_(params, torch._foreach_mul(grads, lr))
 
 
-def _check_lam(lam: Any, n: int, shared: bool) -> None:
+def _num_terms(group: dict[str, Any]) -> int:
+    """How many WGSEF terms the group's options declare (lam may have one value per term)."""
+    if group["shared_k"]:
+        return 1
+    if group.get("coupling") is not None:
+        sizes = group.get("term_sizes")
+        return len(sizes) if isinstance(sizes, (list, tuple)) else 1
+    return len(group["params"])
+
+
+def _check_lam(lam: Any, group: dict[str, Any]) -> None:
     values = (
         lam.detach().reshape(-1).tolist()
         if isinstance(lam, Tensor)
         else (list(lam) if isinstance(lam, (list, tuple)) else [lam])
     )
-    expected = 1 if shared else n
+    expected = _num_terms(group)
     if len(values) not in (1, expected):
-        raise ValueError(f"lam: expected one value or one per parameter ({expected}), got {len(values)}")
+        what = "term" if group.get("coupling") is not None else "parameter"
+        raise ValueError(f"lam: expected one value or one per {what} ({expected}), got {len(values)}")
     for v in values:
         if not _is_number(v) or not (v >= 0 and math.isfinite(v)):
             raise ValueError(f"lam: expected finite values >= 0, got {lam!r}")
@@ -243,6 +358,8 @@ class ProxSGD(Optimizer):
             groups=groups,
             weights=weights,
             shared_k=shared_k,
+            coupling=None,
+            term_sizes=None,
             capturable=capturable,
         )
         self._terms_by_group: dict[int, tuple[tuple, _ProxTerms]] = {}
@@ -258,6 +375,8 @@ class ProxSGD(Optimizer):
             id(group["weights"]),
             tuple(k) if isinstance(k, (list, tuple)) else k,
             group["shared_k"],
+            id(group.get("coupling")),
+            tuple(group.get("term_sizes") or ()),
         )
         cached = self._terms_by_group.get(id(group))
         if cached is None or cached[0] != key:
@@ -285,7 +404,7 @@ class ProxSGD(Optimizer):
             raise ValueError(f"weight_decay: expected weight_decay >= 0, got {group['weight_decay']}")
         if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
             raise ValueError("nesterov: requires momentum > 0 and dampening = 0")
-        _check_lam(group["lam"], len(group["params"]), bool(group["shared_k"]))
+        _check_lam(group["lam"], group)
         if not isinstance(group["capturable"], bool):
             raise TypeError(f"capturable: expected a bool, got {type(group['capturable']).__name__}")
         if group["capturable"] and group["fused"]:
@@ -384,7 +503,7 @@ class ProxSGD(Optimizer):
                     raise ValueError(f"lr: expected lr >= 0 in param group {index}, got {lr}")
             lam = group["lam"]
             if group["k"] is not None and (not isinstance(lam, Tensor) or lam.device.type == "cpu"):
-                _check_lam(lam, len(group["params"]), bool(group["shared_k"]))
+                _check_lam(lam, group)
         return params, grads, bufs, sparse
 
     def _on_device(self, group: dict[str, Any], name: str, device: torch.device) -> Tensor:
@@ -420,11 +539,25 @@ class ProxSGD(Optimizer):
             if views:
                 torch._foreach_mul_(views, scales)
             return
-        take = [True] * len(params) if terms.shared else with_grad
-        chosen = [i for i, t in enumerate(take) if t]
         capturable = group["capturable"]
         device = params[0].device
+        lr = self._on_device(group, "lr", device) if capturable else _as_tensor(group["lr"])
         lam = self._on_device(group, "lam", device) if capturable else _as_tensor(group["lam"])
+        if terms.coupled:  # a coupled group spans tensors: every member is scaled, with a gradient or not
+            ops.prox_coupled_(
+                params,
+                [v for layout in terms.layouts for v in layout],
+                terms.group_ids if any(t is not None for t in terms.group_ids) else [],
+                terms.coupling,
+                terms.term_sizes,
+                terms.coupled_weights,
+                terms.k,
+                lam,
+                lr,
+            )
+            return
+        take = [True] * len(params) if terms.shared else with_grad
+        chosen = [i for i, t in enumerate(take) if t]
         if lam.numel() > 1 and not terms.shared and len(chosen) < len(params):
             if capturable:  # an index tensor already on the device: no copy in the step
                 key = (id(group), f"lam_index{tuple(chosen)}")
@@ -442,9 +575,28 @@ class ProxSGD(Optimizer):
             weights if any(w is not None for w in weights) else [],
             terms.k if terms.shared else [terms.k[i] for i in chosen],
             lam,
-            self._on_device(group, "lr", device) if capturable else _as_tensor(group["lr"]),
+            lr,
             terms.shared,
         )
+
+    def regularizer(self) -> Tensor:
+        """The regularizer the prox steps minimise with the loss: the sum over every
+        WGSEF term of ``lam_t * WGSEF_{k_t,d}(params)`` (coupled terms over their
+        coupled groups), as a differentiable float64 scalar, e.g. to log the
+        objective ``loss + opt.regularizer()``."""
+        total = torch.zeros((), dtype=torch.float64)
+        for group in self.param_groups:
+            if group["k"] is None:
+                continue
+            terms = self._prox_terms(group)
+            lam = _as_tensor(group["lam"]).detach().double().cpu().reshape(-1)
+            for t, (norms, w, k) in enumerate(zip(terms.term_norms(group["params"]), terms.term_weights(), terms.k)):
+                strength = lam[0 if lam.numel() == 1 else t]
+                if strength == 0 or norms.numel() == 0:
+                    continue
+                w = None if w is None else w.to(norms)
+                total = total + strength * functional.value(norms, k, "elements", w).cpu()
+        return total
 
     @torch.no_grad()
     def freeze_support(self) -> None:
@@ -459,26 +611,15 @@ class ProxSGD(Optimizer):
                 continue
             terms = self._prox_terms(group)
             params = group["params"]
-            scores = []
-            for p, layout, ids, w in zip(params, terms.layouts, terms.group_ids, terms.weights):
-                if ids is None:
-                    norms = ops.group_norms(p.reshape(layout)).double()
-                else:  # weights may declare more groups than p has elements: sum by id
-                    squares = p.detach().double().reshape(-1).square()
-                    norms = squares.new_zeros(layout[1]).index_add_(0, ids.reshape(-1), squares).sqrt()
-                scores.append(norms if w is None else norms / w.to(norms).sqrt())
-            units = [torch.cat(scores)] if terms.shared else scores
             masks = []
-            for score, k in zip(units, terms.k):
+            for norms, w, k in zip(terms.term_norms(params), terms.term_weights(), terms.k):
+                score = norms if w is None else norms / w.to(norms).sqrt()
                 # stable descending sort: equal scores keep index order
                 order = torch.sort(-score, stable=True).indices
                 mask = torch.zeros_like(score, dtype=torch.bool)
                 mask[order[:k]] = True
-                mask &= score > 0
-                masks.append(mask)
-            if terms.shared:
-                masks = list(torch.split(masks[0], terms.num_groups))
-            for p, mask in zip(params, masks):
+                masks.append(mask & (score > 0))
+            for p, mask in zip(params, terms.tensor_masks(masks)):
                 self.state[p]["support_mask"] = mask
         for group in self.param_groups:
             if group["k"] is not None:

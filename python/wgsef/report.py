@@ -15,12 +15,20 @@ __all__ = ["SparsityReport", "TensorSparsity", "sparsity_report"]
 
 @dataclass(frozen=True)
 class TensorSparsity:
+    """One row: a tensor with its own groups, or a coupled term (``shape`` ``()``,
+    its groups the coupled groups, its elements those of all its members)."""
+
     name: str
     shape: tuple[int, ...]
     groups_kept: int  # groups that are not entirely zero
     groups_total: int
     k: int | None  # the term's budget (the shared budget for shared terms), if known
-    zero_fraction: float  # fraction of the tensor's elements that are exactly zero
+    zero_fraction: float  # fraction of the elements that are exactly zero
+    numel: int = -1  # elements covered; -1: the product of shape
+
+    def __post_init__(self) -> None:
+        if self.numel < 0:
+            object.__setattr__(self, "numel", torch.Size(self.shape).numel())
 
 
 class SparsityReport(list):
@@ -32,11 +40,12 @@ class SparsityReport(list):
         for r in self:
             k = "-" if r.k is None else str(r.k)
             kept = f"{r.groups_kept}/{r.groups_total}"
-            lines.append(f"{r.name:<{width}}  {r.shape!s:<20}{kept:>14}{k:>8}{100 * r.zero_fraction:>8.1f}%")
+            shape = "coupled" if r.shape == () else str(r.shape)
+            lines.append(f"{r.name:<{width}}  {shape:<20}{kept:>14}{k:>8}{100 * r.zero_fraction:>8.1f}%")
         kept = sum(r.groups_kept for r in self)
         total = sum(r.groups_total for r in self)
-        zeros = sum(r.zero_fraction * torch.Size(r.shape).numel() for r in self)
-        numel = sum(torch.Size(r.shape).numel() for r in self)
+        zeros = sum(r.zero_fraction * r.numel for r in self)
+        numel = sum(r.numel for r in self)
         lines.append(f"{'total':<{width}}  {'':<20}{f'{kept}/{total}':>14}{'':>8}{100 * zeros / max(numel, 1):>8.1f}%")
         return "\n".join(lines)
 
@@ -49,12 +58,38 @@ def _row(name: str, p: torch.Tensor, spec: GroupSpec, k: int | None, shape=None)
     return TensorSparsity(name, shape, int((norms > 0).sum()), norms.numel(), k, zero)
 
 
+def _coupled_rows(terms, params: list[torch.Tensor]) -> list[TensorSparsity]:
+    with torch.no_grad():
+        norms = terms.term_norms([p.detach() for p in params])
+        numel = torch.zeros(sum(terms.term_sizes), dtype=torch.float64)
+        zeros = torch.zeros_like(numel)
+        for p, layout, ids, c in zip(params, terms.layouts, terms.group_ids, terms.coupling):
+            if ids is None:
+                view = p.detach().reshape(layout)
+                per_group = torch.full((layout[1],), float(layout[0] * layout[2]), dtype=torch.float64)
+                zero_per_group = (view == 0).sum((0, 2)).double().cpu()
+            else:
+                flat = ids.reshape(-1).cpu()
+                per_group = torch.bincount(flat, minlength=layout[1]).double()
+                zero_per_group = torch.bincount(flat, (p.detach() == 0).reshape(-1).double().cpu(), layout[1])
+            numel.index_add_(0, c.cpu(), per_group)
+            zeros.index_add_(0, c.cpu(), zero_per_group)
+    rows, begin = [], 0
+    for name, size, k, n in zip(terms.term_names, terms.term_sizes, terms.k, norms):
+        elements = int(numel[begin : begin + size].sum())
+        zero = float(zeros[begin : begin + size].sum()) / max(elements, 1)
+        rows.append(TensorSparsity(name, (), int((n > 0).sum()), size, k, zero, elements))
+        begin += size
+    return rows
+
+
 def sparsity_report(source, groups: GroupSpec = "filters") -> SparsityReport:
     """Groups kept and zero fraction per regularized tensor.
 
     Args:
         source: a :class:`wgsef.ProxSGD` (reports every tensor of its regularized
-            param groups with their own group specs and budgets) or an ``nn.Module``
+            param groups with their own group specs and budgets, and every coupled
+            term as one row over its coupled groups) or an ``nn.Module``
             (reports the weight of every conv and linear layer, grouped by ``groups``).
         groups: group spec used for an ``nn.Module``.
     """
@@ -66,6 +101,9 @@ def sparsity_report(source, groups: GroupSpec = "filters") -> SparsityReport:
             if group["k"] is None:
                 continue
             terms = source._prox_terms(group)
+            if terms.coupled:
+                report.extend(_coupled_rows(terms, group["params"]))
+                continue
             for i, p in enumerate(group["params"]):
                 k = terms.k[0] if terms.shared else terms.k[i]
                 if terms.group_ids[i] is not None:
