@@ -3,10 +3,13 @@
 #   make test   - build wgsef into .venv and run the test suite
 #
 # Version pins, explained in one place:
-#   TORCH_VERSION       torch for .venv, the build and test environment. Tests and
-#                       benchmarks were run with it; the index CI installs from serves
-#                       its CPU-only build (2.13.0+cpu). wgsef builds against any
-#                       torch >= 2.10 (pyproject.toml).
+#   TORCH_VERSION       torch for .venv, the build and test environment, installed as
+#                       torch===$(TORCH_VERSION): the exact version string selects the
+#                       CUDA build (2.13.0+cu130), which also runs on machines without
+#                       a GPU. The CPU-only build (2.13.0+cpu) cannot load torchvision's
+#                       C++ ops, and the real-model tests need torchvision.
+#                       wgsef builds against any torch >= 2.10 (pyproject.toml).
+#   TORCHVISION_VERSION the torchvision release that matches TORCH_VERSION.
 #   TORCH_CUDA_VERSION  torch for `make cuda-check`, installed with --no-deps only to
 #                       compile and link the CUDA kernels: a CUDA 13 build (+cu130),
 #                       the newest release, so removals in torch's headers show early.
@@ -15,6 +18,7 @@
 PYTHON ?= python3
 TORCH_VERSION      ?= 2.13.0
 TORCH_CUDA_VERSION ?= 2.14.1
+TORCHVISION_VERSION ?= 0.28.0
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 DEPS   := $(VENV)/.deps-installed
@@ -27,7 +31,7 @@ install: $(BUILT)
 
 $(DEPS): requirements-dev.txt Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q torch==$(TORCH_VERSION) -r requirements-dev.txt
+	$(BIN)/pip install -q "torch===$(TORCH_VERSION)" torchvision==$(TORCHVISION_VERSION) -r requirements-dev.txt
 	touch $@
 
 # --no-build-isolation: compile against the torch installed in the venv
