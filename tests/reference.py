@@ -31,6 +31,9 @@ def group_ids(shape: tuple[int, ...], groups) -> tuple[np.ndarray, int]:
     if groups == "shapes":
         rest = shape[1:]
         return np.ravel_multi_index(tuple(idx[1:]), rest), int(np.prod(rest))
+    if isinstance(groups, tuple) and groups[0] == "dim":
+        d = groups[1] % len(shape)
+        return idx[d], shape[d]
     if isinstance(groups, tuple) and groups[0] == "heads":
         h = groups[1]
         return idx[0] // (shape[0] // h), h

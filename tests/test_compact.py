@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from wgsef.compact import Residual, compact, count_flops, count_params
+from wgsef.compaction import Residual, compact, count_flops, count_params
 from wgsef.demo import lenet
 
 

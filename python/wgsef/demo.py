@@ -33,7 +33,7 @@ from torch import nn
 from torch.utils.benchmark import Timer
 
 from . import functional
-from .compact import compact, count_flops, count_params
+from .compaction import compact, count_flops, count_params
 from .nm import NMSchedule, NMSparsifier, check_nm
 from .optim import ProxSGD, regularized_param_groups
 from .report import sparsity_report
