@@ -130,9 +130,9 @@ def test_undeclared_parameters_leave_their_group_unregularized():
 
 
 def test_errors():
-    with pytest.raises(TypeError, match="model: expected an nn.Module"):
+    with pytest.raises(TypeError, match=r"model: expected an nn\.Module"):
         wgsef.coupled_terms("resnet", torch.randn(1))
-    with pytest.raises(ValueError, match="weights: expected 'size' or None"):
+    with pytest.raises(ValueError, match=r"weights: expected 'size' or None"):
         wgsef.coupled_param_groups(SmallResNet(), torch.randn(1, 3, 8, 8), weights="sqrt")
 
     class NoTensorOutput(nn.Module):
