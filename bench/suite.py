@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import time
 from collections.abc import Callable
 
 import baselines as torch_ops
@@ -159,6 +160,60 @@ def model_cases(s: Suite, name: str) -> None:
     )
 
 
+def coupled_cases(s: Suite) -> None:
+    """The coupled prox over every coupled channel group of torchvision's ResNet-50
+    (conv, batch-norm and fc tensors) against a foreach mul_ of the same tensors, and
+    the time coupled_param_groups takes to find the groups (trace and check)."""
+    try:
+        import torch_pruning  # noqa: F401
+        import torchvision
+    except (ImportError, RuntimeError) as err:
+        print(f"   coupled skipped: {err} (needs torchvision and wgsef[prune])")
+        return
+    model = torchvision.models.resnet50().to(s.device)
+    x = torch.randn(1, 3, 224, 224, device=s.device)
+    start = time.perf_counter()
+    group = wgsef.coupled_param_groups(model, x, k=0.5, lam=LAM)[0]
+    seconds = time.perf_counter() - start
+    s.rows.append(
+        {
+            "group": "coupled",
+            "workload": "resnet50",
+            "op": "coupled_param_groups",
+            "impl": "wgsef",
+            "elements": sum(group["term_sizes"]),
+            "median_ms": seconds * 1e3,
+            "iqr_ms": 0.0,
+            "ns_per_element": 0.0,
+        }
+    )
+    print(f"{'coupled':>9} {'resnet50':<22} coupled_param_groups {seconds:.2f} s (one run)")
+    ps = [p.detach().clone() for p in group["params"]]
+    layout = [
+        v
+        for p, (_, d) in zip(ps, group["groups"])
+        for v in (math.prod(p.shape[:d]), p.shape[d], math.prod(p.shape[d + 1 :]))
+    ]
+    sizes = group["term_sizes"]
+    ks = [max(1, n // 2) for n in sizes]
+    lam = torch.tensor(LAM, dtype=torch.float64)
+    one = torch.tensor(1.0)
+    s.case(
+        "coupled",
+        "resnet50",
+        "prox_coupled_",
+        sum(p.numel() for p in ps),
+        {
+            "wgsef": lambda: wgsef.ops.prox_coupled_(
+                ps, layout, [], group["coupling"], sizes, group["weights"], ks, lam, one
+            ),
+            "mul_": lambda: torch._foreach_mul_(ps, 1.0),
+        },
+        tensors=len(ps),
+        coupled_groups=sum(sizes),
+    )
+
+
 def optimizer_cases(s: Suite, name: str) -> None:
     def params():
         g = torch.Generator().manual_seed(0)
@@ -290,6 +345,7 @@ def main() -> None:
         for name in ["resnet50"] if args.quick else list(MODELS):
             model_cases(s, name)
         optimizer_cases(s, "resnet50")
+        coupled_cases(s)
         for shape in (
             [(4096, 4096)] if cuda and args.quick else [(2048, 2048)] if args.quick else [(4096, 4096), (4096, 25088)]
         ):

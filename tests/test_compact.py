@@ -46,8 +46,8 @@ def test_compact_keeps_padded_channels_with_nonzero_constants():
     x = torch.rand(5, 1, 6, 6)
     with torch.no_grad():
         torch.testing.assert_close(small(x), model(x))
-    with pytest.raises(TypeError, match=r"expected an nn\.Sequential"):
-        compact(nn.Linear(2, 2), torch.rand(1, 2))
+    with pytest.raises(TypeError, match=r"model: expected an nn\.Module"):
+        compact("model", torch.rand(1, 2))
 
 
 def test_compact_inside_residual_blocks():
