@@ -60,8 +60,8 @@ class CoupledTerm:
 
     name: str
     channels: list[list[int]]
-    prunable: bool = True  # whether compact can remove its groups (not heads of nn.MultiheadAttention)
-    root: Any = None  # (module, pruning function) for Torch-Pruning
+    # (module, Torch-Pruning's pruning function), or (nn.MultiheadAttention, None) for its heads
+    root: tuple[nn.Module, Any]
 
     @property
     def size(self) -> int:
@@ -309,7 +309,7 @@ def coupled_terms(
         size = width // head_dim
         channels = [list(range(g * head_dim, (g + 1) * head_dim)) for g in range(size)]
         suffix = " (heads)" if head_dim > 1 else ""
-        terms.append(CoupledTerm(root_name + suffix, channels, True, (root_dep.target.module, root_dep.handler)))
+        terms.append(CoupledTerm(root_name + suffix, channels, (root_dep.target.module, root_dep.handler)))
         for p, role, dim, at, coupled in found:
             params_by_id[id(p)] = p
             candidates.setdefault(id(p), []).append((role, dim, at, coupled))
@@ -328,7 +328,10 @@ def coupled_terms(
             if module.in_proj_bias is not None:
                 found.append((module.in_proj_bias, "out", 0, torch.arange(3 * e), rows))
             found.append((module.out_proj.weight, "in", 1, torch.arange(e), cols))
-            terms.append(CoupledTerm(f"{name} (heads)", [[i] for i in range(h)], False, None))
+            if module.bias_k is not None or module.add_zero_attn:
+                skipped.append((name, "nn.MultiheadAttention with bias_k/bias_v or add_zero_attn"))
+                continue
+            terms.append(CoupledTerm(f"{name} (heads)", [[i] for i in range(h)], (module, None)))
             for p, role, dim, at, coupled in found:
                 params_by_id[id(p)] = p
                 candidates.setdefault(id(p), []).append((role, dim, at, coupled))
@@ -408,7 +411,7 @@ def coupled_param_groups(
             ``d_i = 1``.
         ignored_layers, unwrapped_parameters, heads: as in :func:`coupled_terms`.
         check: verify zero invariance on ``example_inputs`` before returning: zero
-            one group of every prunable term in a copy, remove the same groups in a
+            one group of every term in a copy, remove the same groups in a
             second copy, and require equal outputs.
 
     Returns:
@@ -458,21 +461,34 @@ def _zero_groups(found: CoupledTerms, groups: Tensor) -> None:
                 m.param.index_fill_(m.dim, hit.nonzero().flatten(), 0.0)
 
 
-def _prune(found: CoupledTerms, dg, zero: Tensor) -> None:
-    """Remove the coupled groups in ``zero`` with Torch-Pruning (never a whole layer)."""
+def _prune(model: nn.Module, found: CoupledTerms, dg, zero: Tensor) -> None:
+    """Remove the coupled groups in ``zero`` (never a whole layer): channels by
+    Torch-Pruning, heads of an ``nn.MultiheadAttention`` by replacing it with a
+    :class:`~wgsef.attention.PrunedMultiheadAttention` (after the channels, so it
+    copies the final weights)."""
+    from .attention import PrunedMultiheadAttention
+
     begin = 0
     zero_set = set(zero.tolist())
+    attention = []
     for term in found.terms:
         groups = [g for g in range(term.size) if begin + g in zero_set]
         begin += term.size
-        if not term.prunable or not groups:
+        if not groups:
             continue
         if len(groups) == term.size:
             groups = groups[1:]  # a layer keeps one (zero) channel
-        channels = [c for g in groups for c in term.channels[g]]
         module, handler = term.root
-        group = dg.get_pruning_group(module, handler, channels)
-        group.prune()
+        if handler is None:
+            kept = torch.tensor(sorted(set(range(term.size)) - set(groups)), dtype=torch.int64)
+            attention.append((module, kept))
+            continue
+        channels = [c for g in groups for c in term.channels[g]]
+        dg.get_pruning_group(module, handler, channels).prune()
+    names = {id(m): n for n, m in model.named_modules()}
+    for module, kept in attention:
+        parent_name, _, attr = names[id(module)].rpartition(".")
+        setattr(model.get_submodule(parent_name), attr, PrunedMultiheadAttention.from_attention(module, kept))
 
 
 def _outputs_close(a: Any, b: Any, rtol: float) -> tuple[bool, float]:
@@ -499,10 +515,10 @@ def check_zero_invariance(
     rtol: float = 1e-4,
 ) -> None:
     """Raise if removing zero coupled groups changes the model's function: the last
-    group of every prunable term is zeroed in a copy and removed in another, and
+    group of every term is zeroed in a copy and removed in another, and
     both copies must give the same outputs on ``example_inputs`` (eval mode)."""
     probe = torch.tensor(
-        [sum(found.term_sizes[: i + 1]) - 1 for i, t in enumerate(found.terms) if t.prunable and t.size > 1],
+        [sum(found.term_sizes[: i + 1]) - 1 for i, t in enumerate(found.terms) if t.size > 1],
         dtype=torch.int64,
     )
     if probe.numel() == 0:
@@ -545,11 +561,8 @@ def _on_copy(found: CoupledTerms, source: nn.Module, target: nn.Module, ids: dic
     ]
     terms = []
     for t in found.terms:
-        root = None
-        if t.root is not None:
-            module, handler = t.root
-            root = (target_modules[source_modules[id(module)]], handler)
-        terms.append(CoupledTerm(t.name, t.channels, t.prunable, root))
+        module, handler = t.root
+        terms.append(CoupledTerm(t.name, t.channels, (target_modules[source_modules[id(module)]], handler)))
     return CoupledTerms(terms, members, list(found.skipped))
 
 
@@ -567,5 +580,5 @@ def compact_coupled(
         found = coupled_terms(model, example_inputs, unwrapped_parameters=unwrapped_parameters)
     dg, _ = _dependency_graph(tp, model, example_inputs, unwrapped_parameters)
     zero = (found.group_norms() == 0).nonzero().flatten()
-    _prune(found, dg, zero)
+    _prune(model, found, dg, zero)
     return model
