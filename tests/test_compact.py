@@ -4,8 +4,44 @@ import pytest
 import torch
 from torch import nn
 
-from wgsef.compaction import Residual, compact, count_flops, count_params
-from wgsef.demo import lenet
+from wgsef.compaction import Residual, compact, count_macs, count_params
+
+
+def lenet(classes: int = 10) -> nn.Sequential:
+    """A LeNet-like CNN for 8x8 inputs; unpadded inner convs let compaction fold
+    the constant output of a pruned filter into the next layer exactly."""
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1, bias=False),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, bias=False),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, bias=False),
+        nn.BatchNorm2d(64),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(64, 128),
+        nn.ReLU(),
+        nn.Linear(128, classes),
+    )
+
+
+def test_count_macs_matches_the_layer_formulas():
+    model = lenet()
+    # conv: output positions x out channels x (in channels x kernel); linear: in x out
+    expected = 8 * 8 * 16 * (1 * 9) + 6 * 6 * 32 * (16 * 9) + 1 * 1 * 64 * (32 * 9) + 64 * 128 + 128 * 10
+    assert count_macs(model, torch.rand(1, 1, 8, 8)) == expected
+    assert count_macs(model, torch.rand(3, 1, 8, 8)) == 3 * expected
+    assert model.training  # restored
+    attention = nn.MultiheadAttention(16, 4, batch_first=True)
+    x = torch.randn(2, 5, 16)
+    # q, k, v and out projections, then q @ k^T and weights @ v over 4 heads of 4
+    projections = 2 * 5 * 4 * 16 * 16
+    scores = 2 * 4 * (5 * 5 * 4) * 2
+    with torch.no_grad():  # the fused no-grad path is counted too
+        assert count_macs(attention, (x, x, x)) == projections + scores
 
 
 def test_compact_removes_zero_filters_and_keeps_outputs():
@@ -30,7 +66,7 @@ def test_compact_removes_zero_filters_and_keeps_outputs():
     with torch.no_grad():
         torch.testing.assert_close(small(x), model(x), rtol=1e-5, atol=1e-5)
     assert count_params(small) < count_params(model)
-    assert count_flops(small, x) < count_flops(model, x)
+    assert count_macs(small, x) < count_macs(model, x)
 
 
 def test_compact_keeps_padded_channels_with_nonzero_constants():

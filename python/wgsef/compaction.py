@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["Residual", "compact", "count_flops", "count_params"]
+__all__ = ["Residual", "compact", "count_macs", "count_params"]
 
 
 class Residual(nn.Module):
@@ -280,24 +280,28 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@torch.no_grad()
-def count_flops(model: nn.Module, example_input: torch.Tensor) -> int:
-    """Multiply-accumulates of the conv and linear layers for one sample."""
-    total = 0
+def _cpu_attention_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
 
-    def hook(module, inputs, output):
-        nonlocal total
-        if isinstance(module, nn.Conv2d):
-            per_out = module.weight[0].numel()
-            total += per_out * output[0].numel()
-        elif isinstance(module, nn.Linear):
-            total += module.weight.numel()
+    return sdpa_flop_count(query, key, value)
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+
+def count_macs(model: nn.Module, example_inputs: Any) -> int:
+    """Multiply-accumulates of one forward pass on ``example_inputs`` (a tensor, a
+    tuple of positional inputs or a dict of keyword inputs), eval mode, counted by
+    ``torch.utils.flop_counter`` (flops / 2). Grad mode stays on: under ``no_grad``
+    ``nn.MultiheadAttention`` takes a fused op that the counter does not see."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .coupled import _run
+
+    # the counter has a formula for the CUDA flash-attention op only
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops}
     was_training = model.training
     model.eval()
-    model(example_input[:1])
-    model.train(was_training)
-    for h in handles:
-        h.remove()
-    return total
+    try:
+        with torch.enable_grad(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+            _run(model, example_inputs)
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops() // 2
