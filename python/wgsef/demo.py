@@ -164,13 +164,17 @@ def progress(label: str, epoch: int, epochs: int, loss: float, acc: float, quiet
     sys.stdout.flush()
 
 
-def train(model, opt, data, epochs, seed, label, quiet, before_step=None, after_step=None, epoch_hook=None):
-    """Mini-batch training with a cosine learning rate from each group's initial
-    ``lr`` to 0 over ``epochs``; ``before_step`` runs between backward and ``opt.step()``."""
+def train(
+    model, opt, data, epochs, seed, label, quiet, before_step=None, after_step=None, epoch_hook=None, cosine=True
+):
+    """Mini-batch training, with a cosine learning rate from each group's initial
+    ``lr`` to 0 over ``epochs`` (or a constant one); ``before_step`` runs between
+    backward and ``opt.step()``."""
     x, y, x_test, y_test = data
     g = torch.Generator().manual_seed(seed)
     steps = epochs * math.ceil(len(y) / BATCH)
-    cosine = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)))
+    factor = (lambda step: 0.5 * (1 + math.cos(math.pi * step / steps))) if cosine else (lambda step: 1.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     model.train()
     for epoch in range(1, epochs + 1):
         if epoch_hook:
@@ -187,7 +191,7 @@ def train(model, opt, data, epochs, seed, label, quiet, before_step=None, after_
             opt.step()
             if after_step:
                 after_step()
-            cosine.step()
+            schedule.step()
             total += loss.item() * len(batch)
         progress(label, epoch, epochs, total / len(y), accuracy(model, x_test, y_test), quiet)
     return model
@@ -247,14 +251,15 @@ def latency_ms(model: nn.Module, batch: torch.Tensor) -> float:
 
 
 def run_seed(args, data, seed: int, dims: int) -> dict[str, Any]:
-    """All five methods with one seed; the models are returned under ``"models"``.
+    """The methods of ``args.methods`` with one seed; the dense and WGSEF models are
+    returned under ``"models"``.
 
-    Every sparse method trains in two phases with a cosine learning rate each: a
-    search phase (``epochs - heal``) that picks the kept groups, then ``heal``
-    epochs with exactly those groups."""
+    Every sparse method trains in two phases: a search phase (``epochs - heal``
+    epochs at a constant learning rate, so the regularizers keep their strength)
+    that picks the kept groups, then ``heal`` epochs with exactly those groups and a
+    cosine learning rate. Dense training uses a cosine learning rate throughout."""
     x, _, x_test, y_test = data
     epochs, heal = args.epochs, max(1, args.epochs // 4)
-    search = epochs - heal
     example = x[:2]
 
     def fresh() -> nn.Module:
@@ -268,13 +273,34 @@ def run_seed(args, data, seed: int, dims: int) -> dict[str, Any]:
         groups = coupled_param_groups(model, example, k=args.keep, lam=lam, check=False)
         return ProxSGD(groups, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
 
+    methods = args.methods
     res: dict[str, Any] = {"models": {}}
-    dense = fresh()
-    train(dense, sgd(dense), data, epochs, seed, f"dense (seed {seed})", args.quiet)
-    res["dense"] = {"test_accuracy": accuracy(dense, x_test, y_test)}
-    res["models"]["dense"] = dense
+    if "dense" in methods or "magnitude" in methods:
+        dense = fresh()
+        train(dense, sgd(dense), data, epochs, seed, f"dense (seed {seed})", args.quiet)
+        res["dense"] = {"test_accuracy": accuracy(dense, x_test, y_test)}
+        res["models"]["dense"] = dense
+    if "wgsef" in methods:
+        res["wgsef"], res["models"]["wgsef"] = run_wgsef(args, data, fresh(), seed, coupled_opt)
+    if "group_lasso" in methods:
+        res["group_lasso"] = run_group_lasso(args, data, fresh(), seed, coupled_opt)
+    if "torch_pruning" in methods:
+        res["torch_pruning"] = run_torch_pruning(args, data, fresh(), seed, example)
+    if "magnitude" in methods:
+        magnitude = copy.deepcopy(dense)
+        mag_opt = coupled_opt(magnitude, 0.0)
+        mag_opt.freeze_support()  # the dense model's top-k coupled groups by norm
+        train(magnitude, mag_opt, data, heal, seed, f"magnitude + fine-tune (seed {seed})", args.quiet)
+        res["magnitude"] = {"test_accuracy": accuracy(magnitude, x_test, y_test), "groups_kept": groups_kept(mag_opt)}
+    return res
 
-    sparse = fresh()
+
+def run_wgsef(args, data, sparse: nn.Module, seed: int, coupled_opt) -> tuple[dict[str, Any], nn.Module]:
+    """ProxSGD over the coupled groups, ``freeze_support()``, healing; with the
+    per-epoch history of accuracy and non-zero groups per term."""
+    _, _, x_test, y_test = data
+    heal = max(1, args.epochs // 4)
+    search = args.epochs - heal
     opt = coupled_opt(sparse, args.lam)
     history: list[dict[str, Any]] = []
 
@@ -284,47 +310,45 @@ def run_seed(args, data, seed: int, dims: int) -> dict[str, Any]:
         )
 
     label = f"WGSEF (seed {seed})"
-    train(sparse, opt, data, search, seed, label, args.quiet, epoch_hook=record)
+    train(sparse, opt, data, search, seed, label, args.quiet, epoch_hook=record, cosine=False)
     opt.freeze_support()
     train(sparse, opt, data, heal, seed, f"{label}, healing", args.quiet, epoch_hook=lambda e: record(search + e))
-    record(epochs + 1)
+    record(args.epochs + 1)
     report = [r for r in sparsity_report(opt) if r.shape == ()]
-    res["wgsef"] = {
+    result = {
         "test_accuracy": accuracy(sparse, x_test, y_test),
+        "groups_kept": [r.groups_kept for r in report],
         "terms": [
             {"name": r.name, "groups_kept": r.groups_kept, "groups_total": r.groups_total, "k": r.k} for r in report
         ],
         "history": history,
     }
-    res["models"]["wgsef"] = sparse
+    return result, sparse
 
-    lasso = fresh()
+
+def run_group_lasso(args, data, lasso: nn.Module, seed: int, coupled_opt) -> dict[str, Any]:
+    """Block soft-thresholding of the coupled groups after every SGD step, the
+    missing groups restored, the top-k freeze, healing."""
+    x, _, x_test, y_test = data
+    heal = max(1, args.epochs // 4)
+    search = args.epochs - heal
     lasso_opt = coupled_opt(lasso, 0.0)
-    lasso_found = coupled_terms(lasso, example)
+    lasso_found = coupled_terms(lasso, x[:2])
     initial = [m.param.detach().clone() for m in lasso_found.members]
     label = f"group lasso (seed {seed})"
 
     def lasso_prox() -> None:
         group_lasso_step(lasso_found, lasso_opt.param_groups[0]["lr"] * args.lasso_lam)
 
-    train(lasso, lasso_opt, data, search, seed, label, args.quiet, after_step=lasso_prox)
+    train(lasso, lasso_opt, data, search, seed, label, args.quiet, after_step=lasso_prox, cosine=False)
     restored = restore_missing_groups(lasso_found, term_budgets(lasso_opt), initial)
     lasso_opt.freeze_support()
     train(lasso, lasso_opt, data, heal, seed, f"{label}, healing", args.quiet)
-    res["group_lasso"] = {
+    return {
         "test_accuracy": accuracy(lasso, x_test, y_test),
         "groups_kept": groups_kept(lasso_opt),
         "groups_restored_at_freeze": restored,
     }
-
-    res["torch_pruning"] = run_torch_pruning(args, data, fresh(), seed, example)
-
-    magnitude = copy.deepcopy(dense)
-    mag_opt = coupled_opt(magnitude, 0.0)
-    mag_opt.freeze_support()  # the dense model's top-k coupled groups by norm
-    train(magnitude, mag_opt, data, heal, seed, f"magnitude + fine-tune (seed {seed})", args.quiet)
-    res["magnitude"] = {"test_accuracy": accuracy(magnitude, x_test, y_test), "groups_kept": groups_kept(mag_opt)}
-    return res
 
 
 def run_torch_pruning(args, data, model: nn.Module, seed: int, example: torch.Tensor) -> dict[str, Any]:
@@ -346,7 +370,11 @@ def run_torch_pruning(args, data, model: nn.Module, seed: int, example: torch.Te
     )
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
     label = f"Torch-Pruning (seed {seed})"
-    train(model, opt, data, epochs - heal, seed, label, args.quiet, before_step=lambda: pruner.regularize(model))
+
+    def regularize() -> None:
+        pruner.regularize(model)
+
+    train(model, opt, data, epochs - heal, seed, label, args.quiet, before_step=regularize, cosine=False)
     pruner.step()
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
     train(model, opt, data, heal, seed, f"{label}, healing", args.quiet)
@@ -355,7 +383,7 @@ def run_torch_pruning(args, data, model: nn.Module, seed: int, example: torch.Te
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     summary = {}
-    for method in METHODS:
+    for method in (m for m in METHODS if m in runs[0]):
         accs = [r[method]["test_accuracy"] for r in runs]
         summary[method] = {
             "mean": statistics.fmean(accs),
@@ -395,13 +423,14 @@ def run_structured(args, data) -> dict[str, Any]:
         f"coupled channel groups per term, {args.epochs} epochs (last {heal} healing), seeds {args.seeds}"
     )
     runs = []
+    result: dict[str, Any] = {}
     for seed in args.seeds:
         run = run_seed(args, data, seed, dims)
         runs.append(run)
-        if len(runs) == 1:
-            compacted = compare_compacted(run["models"]["dense"], run["models"]["wgsef"], x_test, y_test)
-        del run["models"]
-    return {"summary": summarize(runs), "seeds": runs, "compacted": compacted}
+        models = run.pop("models")
+        if len(runs) == 1 and "dense" in models and "wgsef" in models:
+            result["compacted"] = compare_compacted(models["dense"], models["wgsef"], x_test, y_test)
+    return {"summary": summarize(runs), "seeds": runs} | result
 
 
 def mlp(features: int, classes: int = 10) -> nn.Sequential:
@@ -444,17 +473,15 @@ def print_report(res: dict[str, Any]) -> None:
         first = s["seeds"][0]
         print(f"\nStructured sparsity: test accuracy over {seeds} seed(s), mean +- std; groups kept per term")
         print(f"  {'method':<30}{'accuracy':>16}  groups kept")
-        total = [t["groups_total"] for t in first["wgsef"]["terms"]]
-        kept = {
-            "dense": total,
-            "wgsef": [t["groups_kept"] for t in first["wgsef"]["terms"]],
-            "group_lasso": first["group_lasso"]["groups_kept"],
-            "magnitude": first["magnitude"]["groups_kept"],
-        }
-        for method, label in METHODS.items():
-            acc = s["summary"][method]
-            cell = kept.get(method, f"{first['torch_pruning']['params']:,} parameters after pruning")
-            print(f"  {label:<30}{acc['mean']:>8.2f} +- {acc['std']:4.2f}%  {cell}")
+        for method, acc in s["summary"].items():
+            r = first[method]
+            if "groups_kept" in r:
+                cell = str(r["groups_kept"])
+            else:
+                cell = f"{r['params']:,} parameters after pruning" if "params" in r else "all groups"
+            print(f"  {METHODS[method]:<30}{acc['mean']:>8.2f} +- {acc['std']:4.2f}%  {cell}")
+        if "compacted" not in s:
+            return print_nm(res)
         c = s["compacted"]
         print(
             f"  {'WGSEF, compacted (seed ' + str(res['config']['seeds'][0]) + ')':<30}"
@@ -473,6 +500,10 @@ def print_report(res: dict[str, Any]) -> None:
         for name, d, cc in rows:
             fmt = "{:>12.3f}" if isinstance(d, float) else "{:>12,}"
             print(f"  {name:<22}" + fmt.format(d) + fmt.format(cc) + f"{cc / d:>8.2f}")
+    print_nm(res)
+
+
+def print_nm(res: dict[str, Any]) -> None:
     if "nm" in res:
         print("\nN:M sparsity (test accuracy)")
         for label, r in res["nm"].items():
@@ -517,16 +548,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="wgsef demo", description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="mnist1d", choices=["mnist1d", "digits", "synthetic"])
     parser.add_argument("--epochs", type=int, default=24)
-    parser.add_argument("--keep", type=float, default=0.5, help="kept fraction of the groups per coupled term (k)")
+    parser.add_argument("--keep", type=float, default=0.25, help="kept fraction of the groups per coupled term (k)")
     parser.add_argument("--lam", type=float, default=0.1, help="WGSEF strength lambda")
     parser.add_argument("--lasso-lam", type=float, default=0.1, help="group lasso strength")
-    parser.add_argument("--tp-reg", type=float, default=1e-3, help="Torch-Pruning GroupNormPruner reg")
+    parser.add_argument("--tp-reg", type=float, default=1e-4, help="Torch-Pruning GroupNormPruner reg")
     parser.add_argument("--width", type=int, default=32, help="channels of the first stage (the second has twice)")
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--weight-decay", type=float, default=5e-4)
     parser.add_argument("--nm", type=int, nargs=2, default=[1, 4], metavar=("N", "M"))
     parser.add_argument("--only", choices=["structured", "nm"], help="run one part only")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    parser.add_argument(
+        "--methods", nargs="+", choices=list(METHODS), default=list(METHODS), help="structured methods to run"
+    )
     parser.add_argument("--out", default="wgsef-demo", help="folder for report.json")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--plot", action="store_true", help="also write history.png (needs matplotlib)")
@@ -550,7 +584,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(res, indent=2))
     print(f"\nwrote {out / 'report.json'} ({res['seconds']:.0f} s)")
-    if args.plot and "structured" in res:
+    if args.plot and "structured" in res and "wgsef" in args.methods:
         if plot_history(res, out / "history.png"):
             print(f"wrote {out / 'history.png'}")
         else:
