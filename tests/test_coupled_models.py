@@ -205,6 +205,24 @@ def transformers_model(name):
     return model, inputs, loss
 
 
+def test_grouped_query_attention_raises_instead_of_hanging():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(
+        hidden_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        vocab_size=100,
+    )
+    model = transformers.LlamaForCausalLM(config)
+    inputs = {"input_ids": torch.randint(0, 100, (2, 8)), "use_cache": False}
+    with pytest.raises(NotImplementedError, match=r"model.layers.0.self_attn uses grouped-query attention \(2"):
+        wgsef.coupled_param_groups(model, inputs)
+    with pytest.raises(NotImplementedError, match="grouped-query"):
+        wgsef.compact(model, inputs)
+
+
 MODELS = {
     "resnet18": torchvision_model,
     "resnet50": torchvision_model,

@@ -177,6 +177,16 @@ def _run(model: nn.Module, example_inputs: Any) -> Any:
 
 def _dependency_graph(tp, model: nn.Module, example_inputs: Any, unwrapped_parameters) -> tuple[Any, set]:
     """Torch-Pruning's graph of ``model``, and the grad_fns of the model's outputs."""
+    for name, module in model.named_modules():
+        # Torch-Pruning's graph walk does not terminate on k/v heads shared by several
+        # query heads (VainF/Torch-Pruning#527): refuse instead of hanging
+        shared = getattr(module, "num_key_value_groups", 1)
+        if isinstance(shared, int) and shared > 1:
+            raise NotImplementedError(
+                f"model: {name or type(model).__name__} uses grouped-query attention ({shared} query heads per "
+                "k/v head), which Torch-Pruning cannot trace; give the model num_key_value_heads == "
+                "num_attention_heads or regularize it with per-tensor groups (regularized_param_groups)"
+            )
     outputs: set = set()
 
     def traced_outputs(output: Any) -> list[Tensor]:
