@@ -12,7 +12,7 @@ from .coupled import CoupledTerms, coupled_param_groups, coupled_terms
 from .functional import group_norms, prox, prox_, value
 from .groups import GroupSpec, num_groups
 from .nm import NMSchedule, NMSparsifier, check_nm, nm_decay, nm_mask
-from .optim import ProxSGD, regularized_param_groups
+from .optim import ProxOptimizer, ProxSGD, regularized_param_groups
 from .report import SparsityReport, sparsity_report
 
 __version__ = "0.1.0"
@@ -22,6 +22,7 @@ __all__ = [
     "GroupSpec",
     "NMSchedule",
     "NMSparsifier",
+    "ProxOptimizer",
     "ProxSGD",
     "Residual",
     "SparsityReport",

@@ -87,20 +87,20 @@ def sparsity_report(source, groups: GroupSpec = "filters") -> SparsityReport:
     """Groups kept and zero fraction per regularized tensor.
 
     Args:
-        source: a :class:`wgsef.ProxSGD` (reports every tensor of its regularized
+        source: a :class:`wgsef.ProxSGD` or :class:`wgsef.ProxOptimizer` (reports every tensor of its regularized
             param groups with their own group specs and budgets, and every coupled
             term as one row over its coupled groups) or an ``nn.Module``
             (reports the weight of every conv and linear layer, grouped by ``groups``).
         groups: group spec used for an ``nn.Module``.
     """
-    from .optim import ProxSGD
+    from .optim import ProxOptimizer, ProxSGD
 
     report = SparsityReport()
-    if isinstance(source, ProxSGD):
+    if isinstance(source, (ProxSGD, ProxOptimizer)):
         for group in source.param_groups:
             if group["k"] is None:
                 continue
-            terms = source._prox_terms(group)
+            terms = source.prox_terms(group)
             if terms.coupled:
                 report.extend(_coupled_rows(terms, group["params"]))
                 continue
@@ -118,4 +118,4 @@ def sparsity_report(source, groups: GroupSpec = "filters") -> SparsityReport:
             if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
                 report.append(_row(f"{name}.weight", module.weight, groups, None))
         return report
-    raise TypeError(f"source: expected a wgsef.ProxSGD or an nn.Module, got {type(source).__name__}")
+    raise TypeError(f"source: expected a wgsef.ProxSGD, a wgsef.ProxOptimizer or an nn.Module, got {type(source).__name__}")
