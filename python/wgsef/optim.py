@@ -339,11 +339,11 @@ class ProxOptimizer(Optimizer):
             raise TypeError(f"base_optimizer: expected a torch.optim.Optimizer, got {type(base_optimizer).__name__}")
         if isinstance(base_optimizer, (ProxOptimizer, ProxSGD)):
             raise TypeError(f"base_optimizer: {type(base_optimizer).__name__} already applies the WGSEF prox")
-        self.base_optimizer = base_optimizer
         prox_defaults = PROX_DEFAULTS | dict(lam=lam, k=k, groups=groups, weights=weights, shared_k=shared_k)
-        # Optimizer.__init__ registers the hooks and profiling of this class; the
-        # groups are then the base optimizer's own dicts and list
+        # Optimizer.__init__ registers this class's hooks and profiling (its placeholder
+        # group is ignored); the groups are then the base optimizer's own dicts and list
         super().__init__([{"params": []}], {})
+        self.base_optimizer = base_optimizer
         self.defaults = base_optimizer.defaults | prox_defaults
         self.param_groups = base_optimizer.param_groups
         self.state = base_optimizer.state

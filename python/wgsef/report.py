@@ -118,4 +118,6 @@ def sparsity_report(source, groups: GroupSpec = "filters") -> SparsityReport:
             if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
                 report.append(_row(f"{name}.weight", module.weight, groups, None))
         return report
-    raise TypeError(f"source: expected a wgsef.ProxSGD, a wgsef.ProxOptimizer or an nn.Module, got {type(source).__name__}")
+    raise TypeError(
+        f"source: expected a wgsef.ProxSGD, a wgsef.ProxOptimizer or an nn.Module, got {type(source).__name__}"
+    )
