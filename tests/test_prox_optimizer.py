@@ -167,7 +167,7 @@ def test_add_param_group_and_zero_grad_go_to_the_base():
 def test_bad_input_raises_at_construction_naming_the_group():
     model = small_model()
     convs, rest = regularized(model)
-    with pytest.raises(TypeError, match="base_optimizer: expected a torch.optim.Optimizer, got list"):
+    with pytest.raises(TypeError, match=r"base_optimizer: expected a torch\.optim\.Optimizer, got list"):
         wgsef.ProxOptimizer([torch.optim.SGD(rest, lr=0.1)])
     with pytest.raises(TypeError, match="already applies the WGSEF prox"):
         wgsef.ProxOptimizer(wgsef.ProxSGD(rest, lr=0.1))
