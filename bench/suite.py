@@ -244,6 +244,11 @@ def optimizer_cases(s: Suite, name: str) -> None:
         allocated_bytes_wgsef=memory["wgsef"],
         allocated_bytes_sgd=memory["sgd"],
     )
+    adamw = torch.optim.AdamW(params(), lr=1e-3, weight_decay=0.01, foreach=True)
+    prox_adamw = wgsef.ProxOptimizer(
+        torch.optim.AdamW(params(), lr=1e-3, weight_decay=0.01, foreach=True), k=0.5, lam=0.1
+    )
+    s.case("optimizer", f"{name} convs", "step AdamW", n, {"wgsef": prox_adamw.step, "adamw": adamw.step})
     # torch's fused SGD kernel for the update, against fused and foreach SGD
     sgd_fused = torch.optim.SGD(params(), lr=0.01, momentum=0.9, fused=True)
     prox_fused = wgsef.ProxSGD(params(), lr=0.01, momentum=0.9, fused=True, k=0.5, lam=0.1)

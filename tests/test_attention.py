@@ -101,3 +101,16 @@ def test_bad_arguments():
     x = torch.randn(5, 2, 16)
     with pytest.raises(RuntimeError, match="is_causal"):
         pruned(x, x, x, is_causal=True)
+
+
+def test_transformer_encoder_layer_takes_the_pruned_module_off_its_fast_path():
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True).double().eval()
+    mha, pruned = attention_with_zero_heads(batch_first=True)
+    layer.self_attn = mha
+    x = torch.randn(3, 5, 16, dtype=torch.float64)
+    with torch.no_grad():  # eval + no_grad: the fused path for the original
+        want = layer(x)
+        layer.self_attn = pruned
+        got = layer(x)
+    torch.testing.assert_close(got, want)

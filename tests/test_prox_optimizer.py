@@ -194,3 +194,17 @@ def test_a_step_that_would_fail_changes_nothing():
         opt.step()
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
     assert all(torch.equal(opt.state[convs[0]][k], v) for k, v in state.items())
+
+
+def test_the_transformer_example_ends_with_exactly_k_heads(monkeypatch, capsys):
+    import runpy
+    from pathlib import Path
+
+    pytest.importorskip("sklearn")
+    pytest.importorskip("torch_pruning")
+    script = Path(__file__).parent.parent / "examples" / "transformer_heads.py"
+    monkeypatch.setattr("sys.argv", [str(script), "--epochs", "4"])
+    runpy.run_path(str(script), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "heads per layer [2, 2], MLP widths [32, 32]" in out
+    assert "68/136" in out  # 2 of 4 heads and 32 of 64 hidden units in each of the two layers

@@ -40,6 +40,9 @@ class PrunedMultiheadAttention(nn.Module):
         self.embed_dim, self.head_dim, self.original_heads = embed_dim, head_dim, original_heads
         self.num_heads = int(kept_heads.numel())
         self.batch_first, self.dropout = batch_first, dropout
+        # False keeps callers such as nn.TransformerEncoderLayer off their fused fast
+        # path, which assumes embed_dim == num_heads * head_dim, and on this forward
+        self._qkv_same_embed_dim = False
         self.register_buffer("kept_heads", kept_heads.to(torch.int64).clone(), persistent=True)
         inner = self.num_heads * head_dim
         self.in_proj_weight = nn.Parameter(torch.empty(3 * inner, embed_dim, **factory))
