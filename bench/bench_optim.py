@@ -86,6 +86,10 @@ def main() -> None:
             "SGD",
             lambda ps: wgsef.ProxSGD(ps, lr=0.01, momentum=0.9, foreach=True, k=0.5, lam=1e-4),
         ),
+        "wgsef.ProxSGD(momentum=0.9, k=0.5, lam=1e-4) [default foreach]": (
+            "SGD",
+            lambda ps: wgsef.ProxSGD(ps, lr=0.01, momentum=0.9, k=0.5, lam=1e-4),
+        ),
         "torch.optim.AdamW(foreach=True)": ("AdamW", adamw),
         "wgsef.ProxOptimizer(AdamW(foreach=True), k=0.5, lam=1e-4)": (
             "AdamW",
