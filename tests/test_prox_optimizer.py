@@ -208,3 +208,51 @@ def test_the_transformer_example_ends_with_exactly_k_heads(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "heads per layer [2, 2], MLP widths [32, 32]" in out
     assert "68/136" in out  # 2 of 4 heads and 32 of 64 hidden units in each of the two layers
+
+
+def test_step_hooks_run_around_the_whole_step():
+    model, ref_model = small_model(), small_model()
+    opt = wgsef.ProxOptimizer(torch.optim.AdamW(wgsef.regularized_param_groups(model, k=2, lam=100.0), lr=1e-2))
+    plain = torch.optim.AdamW(ref_model.parameters(), lr=1e-2)
+    seen = []
+    opt.register_step_pre_hook(lambda o, args, kwargs: seen.append(("pre", model[0].weight.detach().clone())))
+    opt.register_step_post_hook(lambda o, args, kwargs: seen.append(("post", model[0].weight.detach().clone())))
+    before = model[0].weight.detach().clone()
+    train(model, opt, 1)
+    train(ref_model, plain, 1)
+    assert [s[0] for s in seen] == ["pre", "post"]
+    assert torch.equal(seen[0][1], before)
+    # the post hook sees the prox's result, not the bare AdamW step
+    assert torch.equal(seen[1][1], model[0].weight)
+    assert float(seen[1][1].norm()) < 0.5 * float(ref_model[0].weight.detach().norm())
+
+
+def test_compiled_step_with_a_scheduled_tensor_lr_compiles_once():
+    torch._dynamo.reset()
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+
+    def make():
+        m = small_model(dtype=torch.float32)
+        groups = wgsef.regularized_param_groups(m, k=0.5, lam=0.3)
+        o = wgsef.ProxOptimizer(torch.optim.AdamW(groups, lr=torch.tensor(1e-2)))
+        return m, o, torch.optim.lr_scheduler.ExponentialLR(o, gamma=0.8)
+
+    (model, opt, sched), (ref_model, ref_opt, ref_sched) = make(), make()
+    compiled_step = torch.compile(opt.step)
+    graphs_after_warmup = None
+    for s in range(6):
+        if s == 2:  # step 0 creates the AdamW state, step 1 compiles the steady state
+            graphs_after_warmup = counters["stats"]["unique_graphs"]
+        x, y = batch(s, torch.float32)
+        for m, o in ((model, opt), (ref_model, ref_opt)):
+            o.zero_grad()
+            nn.functional.cross_entropy(m(x), y).backward()
+        compiled_step()
+        ref_opt.step()
+        sched.step()
+        ref_sched.step()
+        for p, q in zip(model.parameters(), ref_model.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    assert counters["stats"]["unique_graphs"] == graphs_after_warmup
