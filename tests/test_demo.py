@@ -120,3 +120,13 @@ def test_restore_missing_groups_fills_each_term_to_k_and_leaves_the_rest():
     assert restored == sum(float(y.norm()) > 0 for y in after) - sum(alive_before)
     for x, y, start, was_alive in zip(before, after, init_slices, alive_before):
         assert torch.equal(y, x if was_alive or float(y.norm()) == 0 else start)
+
+
+def test_per_tensor_methods_and_pat_keep_the_same_filters_per_conv(tmp_path):
+    pytest.importorskip("torchao")
+    methods = ["wgsef_filters", "pat_group_lasso", "pat_topk"]
+    args = TINY + ["--seeds", "1", "--only", "structured", "--methods", *methods, "--out", str(tmp_path)]
+    run = demo_main(args)["structured"]["seeds"][0]
+    # width 4: the stem and first block convs have 4 filters, the rest 8; keep 0.25
+    want = [1, 1, 1, 2, 2, 2, 2, 2]
+    assert [run[m]["groups_kept"] for m in methods] == [want] * 3

@@ -256,3 +256,69 @@ def test_compiled_step_with_a_scheduled_tensor_lr_compiles_once():
         for p, q in zip(model.parameters(), ref_model.parameters()):
             torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
     assert counters["stats"]["unique_graphs"] == graphs_after_warmup
+
+
+@pytest.mark.parametrize("name", ["AdamW", "RMSprop", "NAdam"])
+def test_freeze_before_the_first_step_lets_the_base_initialise_its_state(name):
+    model = small_model()
+    convs, rest = regularized(model)
+    opt = wgsef.ProxOptimizer(BASES[name]([{"params": convs, "k": 2, "lam": 0.1}, {"params": rest}]))
+    opt.freeze_support()  # masks are the only state so far
+    train(model, opt, 3)
+    assert all(int((wgsef.group_norms(p, "filters") > 0).sum()) == 2 for p in convs)
+    assert all(len(opt.state[p]) > 1 for p in convs)  # the base's own state exists next to the mask
+
+
+def test_copy_and_pickle_give_a_working_optimizer():
+    import copy
+    import pickle
+
+    model = small_model()
+    opt = wgsef.ProxOptimizer(torch.optim.AdamW(wgsef.regularized_param_groups(model, k=2, lam=1.0), lr=1e-2))
+    train(model, opt, 2)
+    for clone in (copy.deepcopy((model, opt)), pickle.loads(pickle.dumps((model, opt)))):
+        m2, o2 = clone
+        assert o2.param_groups is o2.base_optimizer.param_groups and o2.state is o2.base_optimizer.state
+        train(m2, o2, 2, 2)
+    train(model, opt, 2, 2)
+    for p, q in zip(model.parameters(), m2.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_groups_without_budget_keys_get_them():
+    model = small_model()
+    convs, rest = regularized(model)
+    base = torch.optim.AdamW([{"params": convs, "k": 2, "lam": 0.5}], lr=1e-2)
+    opt = wgsef.ProxOptimizer(base)
+    base.add_param_group({"params": rest})  # added to the base directly
+    train(model, opt, 1)
+    assert base.param_groups[1]["k"] is None
+    # a checkpoint of a plain AdamW (no budget keys) keeps the wrapper's budgets
+    plain = torch.optim.AdamW([{"params": convs}, {"params": rest}], lr=1e-2)
+    opt.load_state_dict(plain.state_dict())
+    assert opt.param_groups[0]["k"] == 2 and opt.param_groups[0]["lam"] == 0.5
+    train(model, opt, 1, 1)
+
+
+def test_masks_stay_bool_after_load_and_load_hooks_run():
+    model = small_model()
+    opt = wgsef.ProxOptimizer(torch.optim.AdamW(wgsef.regularized_param_groups(model, k=2, lam=1.0), lr=1e-2))
+    train(model, opt, 1)
+    opt.freeze_support()
+    saved = opt.state_dict()
+    calls = []
+    opt.register_load_state_dict_pre_hook(lambda o, sd: calls.append("pre"))
+    opt.register_load_state_dict_post_hook(lambda o: calls.append("post"))
+    opt.load_state_dict(saved)
+    assert calls == ["pre", "post"]
+    assert {m.dtype for m in opt.support_masks().values()} == {torch.bool}
+
+
+def test_a_regularized_group_without_params_is_skipped():
+    model = small_model()
+    opt = wgsef.ProxOptimizer(
+        torch.optim.AdamW([{"params": list(model.parameters())}, {"params": [], "k": 0.5, "lam": 0.1}])
+    )
+    train(model, opt, 1)
+    opt.freeze_support()
+    assert float(opt.regularizer().detach()) == 0.0 and not opt.is_frozen()

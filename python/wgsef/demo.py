@@ -47,7 +47,7 @@ from torch.utils.benchmark import Timer
 from .compaction import compact, count_macs, count_params
 from .coupled import CoupledTerms, coupled_param_groups, coupled_terms
 from .nm import NMSchedule, NMSparsifier, check_nm
-from .optim import ProxSGD
+from .optim import ProxSGD, regularized_param_groups
 from .report import sparsity_report
 
 BATCH = 64
@@ -57,7 +57,12 @@ METHODS = {
     "group_lasso": "group lasso",
     "torch_pruning": "Torch-Pruning (group norm)",
     "magnitude": "magnitude + fine-tune",
+    # per-tensor filter groups (not coupled), for the comparison with torchao's PAT
+    "wgsef_filters": "WGSEF, per-tensor filters",
+    "pat_group_lasso": "PAT group lasso, filters",
+    "pat_topk": "PAT top-k constraint, filters",
 }
+DEFAULT_METHODS = ["dense", "wgsef", "group_lasso", "torch_pruning", "magnitude"]
 
 
 def load_data(name: str, seed: int) -> tuple[torch.Tensor, ...]:
@@ -292,7 +297,76 @@ def run_seed(args, data, seed: int, dims: int) -> dict[str, Any]:
         mag_opt.freeze_support()  # the dense model's top-k coupled groups by norm
         train(magnitude, mag_opt, data, heal, seed, f"magnitude + fine-tune (seed {seed})", args.quiet)
         res["magnitude"] = {"test_accuracy": accuracy(magnitude, x_test, y_test), "groups_kept": groups_kept(mag_opt)}
+    if "wgsef_filters" in methods:
+        res["wgsef_filters"] = run_wgsef_filters(args, data, fresh(), seed)
+    for method, prox_type in (("pat_group_lasso", "ProxGroupLasso"), ("pat_topk", "MinSparsityConstraint")):
+        if method in methods:
+            res[method] = run_pat(args, data, fresh(), seed, prox_type)
     return res
+
+
+def conv_weights(model: nn.Module) -> list[nn.Parameter]:
+    return [m.weight for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d))]
+
+
+def filters_kept(model: nn.Module) -> list[int]:
+    return [int((w.detach().flatten(1).norm(dim=1) > 0).sum()) for w in conv_weights(model)]
+
+
+def run_wgsef_filters(args, data, model: nn.Module, seed: int) -> dict[str, Any]:
+    """ProxSGD over each conv's own filters (``regularized_param_groups``), the
+    top-k freeze, healing: WGSEF on the groups PAT's ``Dim0Grouper`` uses."""
+    _, _, x_test, y_test = data
+    heal = max(1, args.epochs // 4)
+    groups = regularized_param_groups(model, k=args.keep, lam=args.lam, skip=["fc"])
+    opt = ProxSGD(groups, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
+    label = f"WGSEF filters (seed {seed})"
+    train(model, opt, data, args.epochs - heal, seed, label, args.quiet, cosine=False)
+    opt.freeze_support()
+    train(model, opt, data, heal, seed, f"{label}, healing", args.quiet)
+    return {"test_accuracy": accuracy(model, x_test, y_test), "groups_kept": filters_kept(model)}
+
+
+@torch.no_grad()
+def keep_top_filters(weights: list[nn.Parameter], initial: list[torch.Tensor], keep: float) -> None:
+    """Exactly ``round(keep * filters)`` non-zero filters per conv: the largest are
+    kept, the rest zeroed, and missing ones restored at their initial values."""
+    for w, start in zip(weights, initial):
+        norms = w.flatten(1).norm(dim=1)
+        k = max(1, round(keep * len(norms)))
+        order = torch.sort(-norms, stable=True).indices
+        w[order[k:]] = 0
+        dead = order[:k][norms[order[:k]] == 0]
+        w[dead] = start[dead]
+
+
+def run_pat(args, data, model: nn.Module, seed: int, prox_type: str) -> dict[str, Any]:
+    """torchao PAT's ``PruneOptimizer`` over SGD, each conv's filters one group
+    (``Dim0Grouper``): its group-lasso prox, or its top-k constraint keeping ``keep``
+    of the filters; PAT's healing (pruned entries frozen) for the last quarter. The
+    group lasso has no budget, so at the freeze each conv keeps its top-k filters
+    (missing ones restored at their initial values), as for the coupled group lasso."""
+    try:
+        from torchao.prototype.pat.optim import PruneOptimizer
+    except ImportError as err:
+        raise SystemExit("the PAT methods need torchao: pip install 'wgsef[bench]'") from err
+    _, y, x_test, y_test = data
+    heal = max(1, args.epochs // 4)
+    search = args.epochs - heal
+    convs = conv_weights(model)
+    rest = [p for p in model.parameters() if all(p is not c for c in convs)]
+    group = {"params": convs, "group_type": "Dim0Grouper", "prox_type": prox_type}
+    if prox_type == "MinSparsityConstraint":
+        group["min_sparsity"] = 1 - args.keep
+    base = torch.optim.SGD([group, {"params": rest}], lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
+    opt = PruneOptimizer(base, healing_start_step=search * math.ceil(len(y) / BATCH), reg_lambda=args.pat_lam)
+    initial = [w.detach().clone() for w in convs]
+    label = f"PAT {prox_type} (seed {seed})"
+    train(model, opt, data, search, seed, label, args.quiet, cosine=False)
+    if prox_type == "ProxGroupLasso":
+        keep_top_filters(convs, initial, args.keep)
+    train(model, opt, data, heal, seed, f"{label}, healing", args.quiet)
+    return {"test_accuracy": accuracy(model, x_test, y_test), "groups_kept": filters_kept(model)}
 
 
 def run_wgsef(args, data, sparse: nn.Module, seed: int, coupled_opt) -> tuple[dict[str, Any], nn.Module]:
@@ -559,8 +633,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--only", choices=["structured", "nm"], help="run one part only")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     parser.add_argument(
-        "--methods", nargs="+", choices=list(METHODS), default=list(METHODS), help="structured methods to run"
+        "--methods",
+        nargs="+",
+        choices=list(METHODS),
+        default=DEFAULT_METHODS,
+        help="structured methods to run (the wgsef_filters and pat_* ones on request; pat_* need torchao)",
     )
+    parser.add_argument("--pat-lam", type=float, default=1e-4, help="PAT PruneOptimizer reg_lambda (group lasso)")
     parser.add_argument("--out", default="wgsef-demo", help="folder for report.json")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--plot", action="store_true", help="also write history.png (needs matplotlib)")

@@ -380,17 +380,48 @@ class ProxOptimizer(Optimizer):
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.base_optimizer.zero_grad(set_to_none)
 
+    def _fill_prox_keys(self, previous: list[dict[str, Any]] | None = None) -> None:
+        """Budget keys for groups that lack them (a plain base-optimizer checkpoint, a
+        group added to the base directly): the group's previous value, else the default."""
+        for index, group in enumerate(self.param_groups):
+            if all(key in group for key in PROX_DEFAULTS):
+                continue
+            before = previous[index] if previous is not None and index < len(previous) else {}
+            for key, default in PROX_DEFAULTS.items():
+                group.setdefault(key, before.get(key, self.defaults.get(key, default)))
+            self._validate(group, index)
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """The base optimizer's ``load_state_dict``; the wrapper's load hooks run
+        around it, and groups saved without budget keys keep the current ones."""
+        for hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        previous = [{key: g[key] for key in PROX_DEFAULTS if key in g} for g in self.param_groups]
         self.base_optimizer.load_state_dict(state_dict)
         self.param_groups = self.base_optimizer.param_groups
         self.state = self.base_optimizer.state
         self._prox.reset()
+        self._fill_prox_keys(previous)
+        for hook in self._optimizer_load_state_dict_post_hooks.values():
+            hook(self)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**super().__getstate__(), "base_optimizer": self.base_optimizer}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)  # copy and pickle: relink to the base's groups and state
+        self.param_groups = self.base_optimizer.param_groups
+        self.state = self.base_optimizer.state
+        self._prox = WGSEFProx(self)
 
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
         """The base optimizer's step, then the prox; returns the closure's loss.
 
         Budgets, ``lam`` and sparse gradients of regularized groups are checked for
         every param group before the base step changes anything."""
+        self._fill_prox_keys()
         for index, group in enumerate(self.param_groups):
             if group["k"] is None:
                 continue
@@ -404,7 +435,14 @@ class ProxOptimizer(Optimizer):
                 self._prox.check_before_step(group, index)
             except (ValueError, TypeError) as err:
                 raise type(err)(f"param group {index}: {err}") from None
-        loss = self.base_optimizer.step(closure)
+        # Adam and most others initialise a param's state only when it is empty: a
+        # mask alone (frozen before the param's first step) is held aside meanwhile
+        held = {p: st.pop("support_mask") for p, st in self.state.items() if len(st) == 1 and "support_mask" in st}
+        try:
+            loss = self.base_optimizer.step(closure)
+        finally:
+            for p, mask in held.items():
+                self.state[p]["support_mask"] = mask
         with torch.no_grad():
             for group in self.param_groups:
                 self._prox.step(group)

@@ -262,9 +262,13 @@ class WGSEFProx:
         self._device_scalars: dict[tuple[int, str], tuple[Any, Tensor]] = {}
 
     def reset(self) -> None:
-        """Forget cached terms and device copies (after ``load_state_dict``)."""
+        """Forget cached terms and device copies (after ``load_state_dict``, which
+        also casts the masks to the params' dtype: they become bool again)."""
         self._terms_by_group = {}
         self._device_scalars = {}
+        for st in self.optimizer.state.values():
+            if "support_mask" in st:
+                st["support_mask"] = st["support_mask"].bool()
 
     def terms(self, group: dict[str, Any]) -> ProxTerms:
         """The group's prox arguments, rebuilt only when its options or params change."""
@@ -398,7 +402,7 @@ class WGSEFProx:
         """``sum_t lam_t * WGSEF_t`` over every term of every regularized group, float64, differentiable."""
         total = torch.zeros((), dtype=torch.float64)
         for group in self.optimizer.param_groups:
-            if group["k"] is None:
+            if group["k"] is None or not group["params"]:
                 continue
             terms = self.terms(group)
             lam = _as_tensor(group["lam"]).detach().double().cpu().reshape(-1)
@@ -415,9 +419,8 @@ class WGSEFProx:
         """Keep the top-k groups of every term (ties to the lower index), zero the
         rest, and record the masks in the optimizer's state."""
         state = self.optimizer.state
-        for group in self.optimizer.param_groups:
-            if group["k"] is None:
-                continue
+        regularized = [g for g in self.optimizer.param_groups if g["k"] is not None and g["params"]]
+        for group in regularized:
             terms = self.terms(group)
             params = group["params"]
             masks = []
@@ -430,9 +433,8 @@ class WGSEFProx:
                 masks.append(mask & (score > 0))
             for p, mask in zip(params, terms.tensor_masks(masks)):
                 state[p]["support_mask"] = mask
-        for group in self.optimizer.param_groups:
-            if group["k"] is not None:
-                self.apply(group, with_grad=[True] * len(group["params"]))
+        for group in regularized:
+            self.apply(group, with_grad=[True] * len(group["params"]))
 
     def support_masks(self) -> dict[Tensor, Tensor]:
         """The frozen support: each regularized param's bool mask over its own groups
