@@ -127,6 +127,6 @@ def test_per_tensor_methods_and_pat_keep_the_same_filters_per_conv(tmp_path):
     methods = ["wgsef_filters", "pat_group_lasso", "pat_topk"]
     args = TINY + ["--seeds", "1", "--only", "structured", "--methods", *methods, "--out", str(tmp_path)]
     run = demo_main(args)["structured"]["seeds"][0]
-    # width 4: the stem and first block convs have 4 filters, the rest 8; keep 0.25
-    want = [1, 1, 1, 2, 2, 2, 2, 2]
+    # width 4: the stem and first block convs have 4 filters, the rest 8; keep 0.5
+    want = [2, 2, 2, 4, 4, 4, 4, 4]
     assert [run[m]["groups_kept"] for m in methods] == [want] * 3
