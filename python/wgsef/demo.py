@@ -345,7 +345,9 @@ def run_pat(args, data, model: nn.Module, seed: int, prox_type: str) -> dict[str
     (``Dim0Grouper``): its group-lasso prox, or its top-k constraint keeping ``keep``
     of the filters; PAT's healing (pruned entries frozen) for the last quarter. The
     group lasso has no budget, so at the freeze each conv keeps its top-k filters
-    (missing ones restored at their initial values), as for the coupled group lasso."""
+    (missing ones restored at their initial values), as for the coupled group lasso;
+    the top-k constraint ramps its sparsity up over the search phase (PAT's
+    ``min_sparsity_schedule``)."""
     try:
         from torchao.prototype.pat.optim import PruneOptimizer
     except ImportError as err:
@@ -356,8 +358,8 @@ def run_pat(args, data, model: nn.Module, seed: int, prox_type: str) -> dict[str
     convs = conv_weights(model)
     rest = [p for p in model.parameters() if all(p is not c for c in convs)]
     group = {"params": convs, "group_type": "Dim0Grouper", "prox_type": prox_type}
-    if prox_type == "MinSparsityConstraint":
-        group["min_sparsity"] = 1 - args.keep
+    if prox_type == "MinSparsityConstraint":  # PAT's cubic ramp to the target before healing
+        group |= {"min_sparsity": 1 - args.keep, "min_sparsity_schedule": True}
     base = torch.optim.SGD([group, {"params": rest}], lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
     opt = PruneOptimizer(base, healing_start_step=search * math.ceil(len(y) / BATCH), reg_lambda=args.pat_lam)
     initial = [w.detach().clone() for w in convs]
