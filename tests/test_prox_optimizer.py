@@ -322,3 +322,47 @@ def test_a_regularized_group_without_params_is_skipped():
     train(model, opt, 1)
     opt.freeze_support()
     assert float(opt.regularizer().detach()) == 0.0 and not opt.is_frozen()
+
+
+def test_numpy_budgets_work_and_a_non_bool_shared_k_raises():
+    import numpy as np
+
+    model = small_model()
+    convs, _ = regularized(model)
+    opt = wgsef.ProxOptimizer(torch.optim.AdamW([{"params": convs, "k": np.int64(2), "lam": 0.1}]))
+    train(model, opt, 1)
+    assert opt.prox_terms(opt.param_groups[0]).k == [2, 2, 2]
+    opt = wgsef.ProxOptimizer(torch.optim.AdamW([{"params": convs, "k": np.float64(0.75), "lam": 0.1}]))
+    assert opt.prox_terms(opt.param_groups[0]).k == [6, 4, 9]  # round(0.75 * (8, 6, 12)): 4.5 -> 4
+    with pytest.raises(TypeError, match=r"param group 0: shared_k: expected a bool, got 'False'"):
+        wgsef.ProxOptimizer(torch.optim.AdamW([{"params": convs, "k": 2, "lam": 0.1, "shared_k": "False"}]))
+
+
+@pytest.mark.cuda
+def test_capturable_adam_step_is_graph_safe_and_matches_the_default():
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    models = [small_model(dtype=torch.float32).cuda() for _ in range(2)]
+    opts = [
+        wgsef.ProxOptimizer(
+            torch.optim.Adam(wgsef.regularized_param_groups(m, k=0.5, lam=0.5), lr=1e-2, capturable=capturable)
+        )
+        for m, capturable in zip(models, (True, False))
+    ]
+    for step in range(3):
+        x, y = (t.cuda() for t in batch(step, torch.float32))
+        for m, o in zip(models, opts):
+            o.zero_grad()
+            nn.functional.cross_entropy(m(x), y).backward()
+            o.step()
+    for p, q in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
+    # a captured step replays without host synchronisation
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream), torch.cuda.graph(graph):
+        opts[0].step()
+    graph.replay()
+    torch.cuda.synchronize()
+    assert all(torch.isfinite(p).all() for p in models[0].parameters())

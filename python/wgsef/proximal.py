@@ -10,6 +10,7 @@ frozen support (``freeze_support``) and the regularizer's value.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -52,13 +53,16 @@ def _is_tuple_spec(value: Any) -> bool:
 
 
 def _resolve_k(k: int | float, num_groups: int, where: str) -> int:
-    """A group budget: an int count, or a float kept fraction in (0, 1]."""
-    if isinstance(k, bool) or not _is_number(k):
+    """A group budget: an int count, or a float kept fraction in (0, 1] (rounded
+    with Python's ``round``, halves to even, and at least 1)."""
+    if isinstance(k, bool) or not isinstance(k, numbers.Real):
         raise TypeError(f"k: expected an int count or a float fraction, got {type(k).__name__}{where}")
-    if isinstance(k, float):
+    if not isinstance(k, numbers.Integral):
+        k = float(k)
         if not 0.0 < k <= 1.0:
             raise ValueError(f"k: a kept fraction must lie in (0, 1], got {k}{where}")
         return max(1, round(k * num_groups))
+    k = int(k)
     if k < 0:
         raise ValueError(f"k: expected k >= 0, got {k}{where}")
     if k > num_groups:
@@ -103,7 +107,9 @@ class ProxTerms:
             self.weights.append(w)
             self.num_groups.append(layout.num_groups)
         self.names = names
-        self.shared = bool(group["shared_k"])
+        if not isinstance(group["shared_k"], bool):
+            raise TypeError(f"shared_k: expected a bool, got {group['shared_k']!r}")
+        self.shared = group["shared_k"]
         if self.coupled:
             self._init_coupling(group, params)
             return
