@@ -366,3 +366,25 @@ def test_capturable_adam_step_is_graph_safe_and_matches_the_default():
     graph.replay()
     torch.cuda.synchronize()
     assert all(torch.isfinite(p).all() for p in models[0].parameters())
+
+
+@pytest.mark.parametrize("capturable", [False, True])
+def test_lists_edited_in_place_take_effect(capturable):
+    model, ref_model = small_model(), small_model()
+    convs, rest = regularized(model)
+    ref_convs, _ = regularized(ref_model)
+    lam, specs = [4.0, 2.0, 3.0], ["filters", "filters", "filters"]
+    group = {"params": convs, "k": [3, 4, 2], "lam": lam, "groups": specs, "capturable": capturable}
+    opt = wgsef.ProxOptimizer(torch.optim.SGD([group, {"params": rest}], lr=0.05))
+    plain = torch.optim.SGD(ref_model.parameters(), lr=0.05)
+    for step in range(3):
+        if step == 1:
+            lam[1] = 20.0  # edited in place: the prox must see the new value
+            specs[0] = "channels"
+        train(model, opt, 1, step)
+        train(ref_model, plain, 1, step)
+        with torch.no_grad():
+            for q, spec, k, v in zip(ref_convs, specs, [3, 4, 2], lam):
+                q.copy_(torch.from_numpy(ref.prox(q, k, 0.05 * v, spec)))
+        for p, q in zip(model.parameters(), ref_model.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-12)

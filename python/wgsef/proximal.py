@@ -252,6 +252,14 @@ def _check_lam(lam: Any, group: dict[str, Any]) -> None:
             raise ValueError(f"lam: expected finite values >= 0, got {lam!r}")
 
 
+def _identity(value: Any) -> Any:
+    """What identifies a group option for the terms cache: a list by the identity of
+    its items (so that an item replaced in place is seen), anything else by its own."""
+    if isinstance(value, list):
+        return tuple(id(v) for v in value)
+    return id(value)
+
+
 class WGSEFProx:
     """The WGSEF prox of one optimizer's param groups.
 
@@ -281,11 +289,11 @@ class WGSEFProx:
         k = group["k"]
         key = (
             tuple(id(p) for p in group["params"]),
-            id(group["groups"]),
-            id(group["weights"]),
+            _identity(group["groups"]),
+            _identity(group["weights"]),
             tuple(k) if isinstance(k, (list, tuple)) else k,
             group["shared_k"],
-            id(group.get("coupling")),
+            _identity(group.get("coupling")),
             tuple(group.get("term_sizes") or ()),
         )
         cached = self._terms_by_group.get(id(group))
@@ -333,12 +341,14 @@ class WGSEFProx:
             return value
         key = (id(group), name)
         cached = self._device_scalars.get(key)
-        if cached is not None and cached[0] is value:
+        # a list is compared by its values, so that one edited in place is copied again
+        snapshot = tuple(value) if isinstance(value, (list, tuple)) else value
+        if cached is not None and (cached[0] is value or (isinstance(cached[0], tuple) and cached[0] == snapshot)):
             return cached[1]
-        if isinstance(value, (list, tuple)):
-            value = list(value)
-        tensor = torch.as_tensor(value, dtype=torch.float64, device=device)
-        self._device_scalars[key] = (group[name], tensor)
+        tensor = torch.as_tensor(
+            list(snapshot) if isinstance(snapshot, tuple) else value, dtype=torch.float64, device=device
+        )
+        self._device_scalars[key] = (snapshot, tensor)
         return tensor
 
     def step(self, group: dict[str, Any]) -> None:
