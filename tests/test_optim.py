@@ -269,22 +269,21 @@ def test_bad_hyperparameters_raise_at_construction(kwargs, match):
         wgsef.ProxSGD([p], **kwargs)
 
 
-def test_lr_scheduler_and_compile_one_graph():
+def compiled_steps_compile_once(make, steps=6):
+    """Train two ``(model, opt)`` pairs from ``make()``, one through ``torch.compile(opt.step)``,
+    with an ExponentialLR on each; they must agree at every step, and after the
+    warm-up (step 0 creates the state, step 1 compiles) nothing recompiles.
+    Returns the compiled pair's optimizer."""
     torch._dynamo.reset()
     from torch._dynamo.utils import counters
 
     counters.clear()
-    model, ref_model = small_model(dtype=torch.float32), small_model(dtype=torch.float32)
-    opt = wgsef.ProxSGD(wgsef.regularized_param_groups(model, k=0.5, lam=0.3), lr=torch.tensor(0.05), momentum=0.9)
-    ref_opt = wgsef.ProxSGD(
-        wgsef.regularized_param_groups(ref_model, k=0.5, lam=0.3), lr=torch.tensor(0.05), momentum=0.9
-    )
-    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.8)
-    ref_sched = torch.optim.lr_scheduler.ExponentialLR(ref_opt, gamma=0.8)
+    (model, opt), (ref_model, ref_opt) = make(), make()
+    scheds = [torch.optim.lr_scheduler.ExponentialLR(o, gamma=0.8) for o in (opt, ref_opt)]
     compiled_step = torch.compile(opt.step)
     graphs_after_warmup = None
-    for s in range(6):
-        if s == 2:  # step 0 creates the momentum buffers, step 1 compiles the steady state
+    for s in range(steps):
+        if s == 2:
             graphs_after_warmup = counters["stats"]["unique_graphs"]
         x, y = batch(s, torch.float32)
         for m, o in ((model, opt), (ref_model, ref_opt)):
@@ -292,13 +291,23 @@ def test_lr_scheduler_and_compile_one_graph():
             nn.functional.cross_entropy(m(x), y).backward()
         compiled_step()
         ref_opt.step()
-        sched.step()
-        ref_sched.step()
+        for sched in scheds:
+            sched.step()
         for p, q in zip(model.parameters(), ref_model.parameters()):
             torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
-    assert opt.param_groups[0]["lr"].item() == pytest.approx(0.05 * 0.8**6)
-    # four learning rates later, nothing was recompiled
     assert counters["stats"]["unique_graphs"] == graphs_after_warmup
+    return opt
+
+
+def test_lr_scheduler_and_compile_one_graph():
+    def make():
+        m = small_model(dtype=torch.float32)
+        groups = wgsef.regularized_param_groups(m, k=0.5, lam=0.3)
+        return m, wgsef.ProxSGD(groups, lr=torch.tensor(0.05), momentum=0.9)
+
+    opt = compiled_steps_compile_once(make)
+    # four learning rates later, nothing was recompiled
+    assert opt.param_groups[0]["lr"].item() == pytest.approx(0.05 * 0.8**6)
 
 
 class AllocationRecorder(TorchDispatchMode):

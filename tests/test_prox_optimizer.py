@@ -9,7 +9,7 @@ from torch import nn
 
 import wgsef
 from tests import reference as ref
-from tests.test_optim import batch, small_model, train
+from tests.test_optim import batch, compiled_steps_compile_once, small_model, train
 
 BASES = {
     "SGD": lambda p, **kw: torch.optim.SGD(p, lr=0.05, momentum=0.9, **kw),
@@ -228,34 +228,13 @@ def test_step_hooks_run_around_the_whole_step():
 
 
 def test_compiled_step_with_a_scheduled_tensor_lr_compiles_once():
-    torch._dynamo.reset()
-    from torch._dynamo.utils import counters
-
-    counters.clear()
-
     def make():
         m = small_model(dtype=torch.float32)
         groups = wgsef.regularized_param_groups(m, k=0.5, lam=0.3)
-        o = wgsef.ProxOptimizer(torch.optim.AdamW(groups, lr=torch.tensor(1e-2)))
-        return m, o, torch.optim.lr_scheduler.ExponentialLR(o, gamma=0.8)
+        return m, wgsef.ProxOptimizer(torch.optim.AdamW(groups, lr=torch.tensor(1e-2)))
 
-    (model, opt, sched), (ref_model, ref_opt, ref_sched) = make(), make()
-    compiled_step = torch.compile(opt.step)
-    graphs_after_warmup = None
-    for s in range(6):
-        if s == 2:  # step 0 creates the AdamW state, step 1 compiles the steady state
-            graphs_after_warmup = counters["stats"]["unique_graphs"]
-        x, y = batch(s, torch.float32)
-        for m, o in ((model, opt), (ref_model, ref_opt)):
-            o.zero_grad()
-            nn.functional.cross_entropy(m(x), y).backward()
-        compiled_step()
-        ref_opt.step()
-        sched.step()
-        ref_sched.step()
-        for p, q in zip(model.parameters(), ref_model.parameters()):
-            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
-    assert counters["stats"]["unique_graphs"] == graphs_after_warmup
+    opt = compiled_steps_compile_once(make)
+    assert opt.param_groups[0]["lr"].item() == pytest.approx(1e-2 * 0.8**6)
 
 
 @pytest.mark.parametrize("name", ["AdamW", "RMSprop", "NAdam"])
