@@ -437,7 +437,9 @@ class ProxOptimizer(Optimizer):
                 raise type(err)(f"param group {index}: {err}") from None
         # Adam and most others initialise a param's state only when it is empty: a
         # mask alone (frozen before the param's first step) is held aside meanwhile
-        held = {p: st.pop("support_mask") for p, st in self.state.items() if len(st) == 1 and "support_mask" in st}
+        held = {}
+        if self.is_frozen():  # only then can a state hold nothing but a mask
+            held = {p: st.pop("support_mask") for p, st in self.state.items() if len(st) == 1 and "support_mask" in st}
         try:
             loss = self.base_optimizer.step(closure)
         finally:
