@@ -12,7 +12,7 @@ from .coupled import CoupledTerms, coupled_param_groups, coupled_terms
 from .functional import group_norms, prox, prox_, value
 from .groups import GroupSpec, num_groups
 from .nm import NMSchedule, NMSparsifier, check_nm, nm_decay, nm_mask
-from .optim import ProxOptimizer, ProxSGD, regularized_param_groups
+from .optim import ProxOptimizer, ProxSGD, rebind_param_groups, regularized_param_groups
 from .report import SparsityReport, sparsity_report
 
 __version__ = "0.1.0"
@@ -38,6 +38,7 @@ __all__ = [
     "ops",
     "prox",
     "prox_",
+    "rebind_param_groups",
     "regularized_param_groups",
     "sparsity_report",
     "value",

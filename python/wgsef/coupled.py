@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from . import distributed
+
 __all__ = ["CoupledMember", "CoupledTerm", "CoupledTerms", "compact_coupled", "coupled_param_groups", "coupled_terms"]
 
 
@@ -431,6 +433,11 @@ def coupled_param_groups(
         parameter with ``k=None`` (plain SGD). ``other_group["skipped"]`` lists the
         layer groups left out and why.
     """
+    if any(distributed.is_dtensor(p) for p in model.parameters()):
+        raise ValueError(
+            "model: has DTensor parameters (e.g. after fully_shard); build the groups on the model before "
+            "sharding it, then map them to the sharded parameters with wgsef.rebind_param_groups(groups, model)"
+        )
     found = coupled_terms(
         model, example_inputs, ignored_layers=ignored_layers, unwrapped_parameters=unwrapped_parameters, heads=heads
     )

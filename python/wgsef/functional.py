@@ -22,7 +22,7 @@ import math
 
 import torch
 
-from . import ops
+from . import distributed, ops
 from .groups import GroupSpec, group_layout, renumbered
 
 __all__ = ["group_norms", "prox", "prox_", "value"]
@@ -86,6 +86,17 @@ def _resolve(x: torch.Tensor, groups: GroupSpec, weights):
     return x, layout, weights
 
 
+def _resolve_sharded(x: torch.Tensor, groups: GroupSpec, weights):
+    """The layout of a DTensor's global shape and its weights (a DTensor of weights
+    is gathered: every rank needs all of them)."""
+    if distributed.is_dtensor(weights):
+        weights = weights.full_tensor()
+    weights = _weights_tensor(weights, x)
+    layout = group_layout(x, groups, weights)
+    _check_weight_values(weights)
+    return layout, weights
+
+
 def _check_weight_values(weights: torch.Tensor | None) -> None:
     # the ops check the weights they get; renumbering hands them a subset
     if weights is not None and not bool(((weights > 0) & torch.isfinite(weights)).all()):
@@ -105,6 +116,8 @@ def group_norms(x: torch.Tensor, groups: GroupSpec = "filters") -> torch.Tensor:
         lanes (float64 for float64 inputs), the blocks in float64. O(n) time.
     """
     layout = group_layout(x, groups)
+    if distributed.is_dtensor(x):
+        return distributed.group_norms(x, layout)
     if layout.shape is not None:
         return ops.group_norms(x.reshape(layout.shape), None, layout.num_groups)
     if layout.num_groups > x.numel():  # most groups empty: norms of the used ones, put in place
@@ -139,6 +152,8 @@ def value(
     Cost: one read of x and a worst-case O(m) search in float64.
     """
     _check_k(k)
+    if distributed.is_dtensor(x):
+        return distributed.value(x, k, *_resolve_sharded(x, groups, weights))
     view, layout, weights = _resolve(x, groups, weights)
     return ops.value(view, k, weights, layout.group_ids, layout.num_groups)
 
@@ -175,6 +190,9 @@ def prox(
     Cost: two streaming passes over x and a worst-case O(m) threshold search.
     """
     _check_k(k)
+    if distributed.is_dtensor(x):
+        lam_t = _lam_tensor(lam, x)
+        return distributed.prox_(x.detach().clone(), k, lam_t, *_resolve_sharded(x, groups, weights))
     view, layout, weights = _resolve(x, groups, weights)
     out = ops.prox(view, k, _lam_tensor(lam, x), weights, layout.group_ids, layout.num_groups)
     return out.view(x.shape)
@@ -190,6 +208,8 @@ def prox_(
     """In-place :func:`prox`: overwrites x with the proximal point and returns x."""
     _check_k(k)
     lam_t = _lam_tensor(lam, x)
+    if distributed.is_dtensor(x):
+        return distributed.prox_(x, k, lam_t, *_resolve_sharded(x, groups, weights))
     _, layout, weights = _resolve(x, groups, weights)
     if layout.shape is None:
         ops.prox_(x, k, lam_t, weights, layout.group_ids, layout.num_groups)

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from . import ops
+from . import distributed, ops
 
 __all__ = [
     "METHODS",
@@ -52,6 +52,8 @@ def nm_mask(w: Tensor, n: int, m: int, dim: int = -1) -> Tensor:
     ``m``. Any ``m`` works (m = 4, 8, 16, 32 and ``n = 1`` take vectorised paths). One read of ``w``; strided
     groups (``dim`` not last, e.g. conv input channels) are read in place.
     """
+    if distributed.is_dtensor(w):  # groups inside the shards: each rank masks its own
+        return distributed.local_map(ops.nm_mask, w, m, dim, n, m, dim)
     return ops.nm_mask(w, n, m, dim)
 
 
@@ -81,6 +83,14 @@ def nm_decay(
         if isinstance(decay, bool) or not isinstance(decay, (int, float)):
             raise TypeError(f"decay: expected a float in [0, 1] or a one-element tensor, got {type(decay).__name__}")
         decay = torch.tensor(float(decay), dtype=torch.float64)
+    return _nm_decay(w, n, m, dim, decay, grad_mode, srste_weight)
+
+
+def _nm_decay(w: Tensor, n: int, m: int, dim: int, decay: Tensor, grad_mode: str, srste_weight: float) -> Tensor:
+    if distributed.is_dtensor(w):
+        return distributed.local_map(
+            lambda local: ops.nm_decay(local, n, m, dim, decay, grad_mode, srste_weight)[0], w, m, dim
+        )
     return ops.nm_decay(w, n, m, dim, decay, grad_mode, srste_weight)[0]
 
 
@@ -238,8 +248,7 @@ class _DecayedNM(nn.Module):
         state = owner.current
         if state.phase == "dense":
             return w
-        out, _ = ops.nm_decay(w, state.n, state.m, self.dim, owner.decay_tensor, owner.grad_mode, owner.srste_weight)
-        return out
+        return _nm_decay(w, state.n, state.m, self.dim, owner.decay_tensor, owner.grad_mode, owner.srste_weight)
 
 
 @dataclass(frozen=True)
@@ -356,7 +365,7 @@ class NMSparsifier:
         n, m = self.schedule.n, self.schedule.m
         for _, module, pname, dim in self.layers:
             dense = module.parametrizations[pname].original
-            hard = dense * ops.nm_mask(dense, n, m, dim)
+            hard = dense * nm_mask(dense, n, m, dim)
             parametrize.remove_parametrizations(module, pname, leave_parametrized=False)
             getattr(module, pname).copy_(hard)
         self.layers = []

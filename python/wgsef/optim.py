@@ -26,7 +26,7 @@ from torch.optim.sgd import sgd as sgd_functional
 from .groups import GroupSpec
 from .proximal import PROX_DEFAULTS, ProxTerms, WGSEFProx
 
-__all__ = ["ProxOptimizer", "ProxSGD", "regularized_param_groups"]
+__all__ = ["ProxOptimizer", "ProxSGD", "rebind_param_groups", "regularized_param_groups"]
 
 
 def _sgd_on_device(
@@ -152,6 +152,7 @@ class ProxSGD(Optimizer):
             shared_k=shared_k,
             coupling=None,
             term_sizes=None,
+            frozen=False,
             capturable=capturable,
         )
         self._prox = WGSEFProx(self)
@@ -211,7 +212,12 @@ class ProxSGD(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        work = [self._gather(index, group) for index, group in enumerate(self.param_groups)]
+        try:
+            work = [self._gather(index, group) for index, group in enumerate(self.param_groups)]
+            error = None
+        except (ValueError, TypeError, RuntimeError) as err:
+            error = err
+        self._prox.agree(error)  # raises the error; on DTensors on every rank
         for group, (params, grads, bufs, sparse) in zip(self.param_groups, work):
             if not params:
                 continue
@@ -422,6 +428,26 @@ class ProxOptimizer(Optimizer):
         Budgets, ``lam`` and sparse gradients of regularized groups are checked for
         every param group before the base step changes anything."""
         self._fill_prox_keys()
+        try:
+            self._check_before_step()
+            error = None
+        except (ValueError, TypeError, RuntimeError) as err:
+            error = err
+        self._prox.agree(error)  # raises the error; on DTensors on every rank
+        # Adam and most others initialise a param's state only when it is empty: a
+        # mask alone (a param without a gradient so far) is held aside meanwhile
+        held = {p: st.pop("support_mask") for p, st in self.state.items() if len(st) == 1 and "support_mask" in st}
+        try:
+            loss = self.base_optimizer.step(closure)
+        finally:
+            for p, mask in held.items():
+                self.state[p]["support_mask"] = mask
+        with torch.no_grad():
+            for group in self.param_groups:
+                self._prox.step(group)
+        return loss
+
+    def _check_before_step(self) -> None:
         for index, group in enumerate(self.param_groups):
             if group["k"] is None:
                 continue
@@ -435,20 +461,6 @@ class ProxOptimizer(Optimizer):
                 self._prox.check_before_step(group, index)
             except (ValueError, TypeError) as err:
                 raise type(err)(f"param group {index}: {err}") from None
-        # Adam and most others initialise a param's state only when it is empty: a
-        # mask alone (frozen before the param's first step) is held aside meanwhile
-        held = {}
-        if self.is_frozen():  # only then can a state hold nothing but a mask
-            held = {p: st.pop("support_mask") for p, st in self.state.items() if len(st) == 1 and "support_mask" in st}
-        try:
-            loss = self.base_optimizer.step(closure)
-        finally:
-            for p, mask in held.items():
-                self.state[p]["support_mask"] = mask
-        with torch.no_grad():
-            for group in self.param_groups:
-                self._prox.step(group)
-        return loss
 
     def regularizer(self) -> Tensor:
         """``sum_t lam_t * WGSEF_t`` over every WGSEF term, float64, differentiable."""
@@ -538,3 +550,25 @@ def regularized_param_groups(
         {"params": reg_params, "names": reg_names, "groups": reg_specs, "k": k, "lam": lam, "shared_k": shared_k},
         {"params": [p for _, p in other], "names": [n for n, _ in other], "k": None},
     ]
+
+
+def rebind_param_groups(param_groups: list[dict[str, Any]], model: nn.Module) -> list[dict[str, Any]]:
+    """The same param groups over ``model``'s current parameters, found by name.
+
+    For models whose parameters are replaced after the groups were built, such as
+    ``fully_shard`` (FSDP2), which swaps each parameter for a DTensor: build the
+    groups on the model first (:func:`wgsef.coupled_param_groups` traces and copies
+    it, which a sharded model does not allow), shard it, then rebind. Every group
+    needs ``names`` (the groups wgsef builds have them); the other keys are kept.
+    """
+    current = dict(model.named_parameters())
+    rebound = []
+    for index, group in enumerate(param_groups):
+        names = group.get("names")
+        if names is None or len(names) != len(group["params"]):
+            raise ValueError(f"param_groups: group {index} needs 'names', one per parameter, to be rebound")
+        missing = [n for n in names if n not in current]
+        if missing:
+            raise ValueError(f"model: has no parameter named {missing[0]!r} (param group {index})")
+        rebound.append({**group, "params": [current[n] for n in names]})
+    return rebound

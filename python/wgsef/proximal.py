@@ -9,6 +9,7 @@ frozen support (``freeze_support``) and the regularizer's value.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from . import functional, ops
+from . import distributed, functional, ops
 from .groups import group_layout, renumbered
 
 __all__ = ["PROX_DEFAULTS", "ProxTerms", "WGSEFProx"]
@@ -32,6 +33,7 @@ PROX_DEFAULTS: dict[str, Any] = {
     "shared_k": False,
     "coupling": None,
     "term_sizes": None,
+    "frozen": False,  # set by freeze_support
 }
 
 
@@ -110,6 +112,9 @@ class ProxTerms:
         if not isinstance(group["shared_k"], bool):
             raise TypeError(f"shared_k: expected a bool, got {group['shared_k']!r}")
         self.shared = group["shared_k"]
+        self.sharded = None
+        if any(distributed.is_dtensor(p) for p in params):
+            self.sharded = distributed.ShardedGroups(params, self.layouts, self.group_ids, self.num_groups, names)
         if self.coupled:
             self._init_coupling(group, params)
             return
@@ -150,15 +155,30 @@ class ProxTerms:
     def num_terms(self) -> int:
         return len(self.k)
 
+    @functools.cached_property
+    def fingerprint(self) -> dict[str, Any]:
+        """What every rank must agree on: the group structure, budgets and weights."""
+        weights = self.coupled_weights if self.coupled else self.weights
+        weights = [weights] if not isinstance(weights, list) else weights
+        return {
+            "groups": (self.layouts, self.num_groups, self.shared, getattr(self, "term_sizes", None)),
+            "k": self.k,
+            "weights": [None if w is None else (tuple(w.shape), float(w.double().sum())) for w in weights],
+        }
+
     def term_norms(self, params: Sequence[Tensor]) -> list[Tensor]:
-        """Each term's group norms in float64 (differentiable), in group order."""
-        squares = []
-        for p, layout, ids in zip(params, self.layouts, self.group_ids):
-            x = p.double()
-            if ids is None:
-                squares.append(x.reshape(layout).square().sum((0, 2)))
-            else:  # weights may declare more groups than p has elements: sum by id
-                squares.append(x.new_zeros(layout[1]).index_add(0, ids.reshape(-1), x.reshape(-1).square()))
+        """Each term's group norms in float64, in group order; differentiable on plain
+        tensors. On DTensors a collective (every rank must call it), not differentiable."""
+        if self.sharded is not None:
+            squares = self.sharded.squares(params)
+        else:
+            squares = []
+            for p, layout, ids in zip(params, self.layouts, self.group_ids):
+                x = p.double()
+                if ids is None:
+                    squares.append(x.reshape(layout).square().sum((0, 2)))
+                else:  # weights may declare more groups than p has elements: sum by id
+                    squares.append(x.new_zeros(layout[1]).index_add(0, ids.reshape(-1), x.reshape(-1).square()))
         if self.coupled:
             total = sum(self.term_sizes)
             joint = squares[0].new_zeros(total) if squares else torch.zeros(total, dtype=torch.float64)
@@ -331,7 +351,53 @@ class WGSEFProx:
         return any(v != 0 for v in (lam if isinstance(lam, (list, tuple)) else [lam]))
 
     def is_frozen(self, group: dict[str, Any]) -> bool:
-        return group["k"] is not None and "support_mask" in self.optimizer.state[group["params"][0]]
+        if group["k"] is None or not group["params"]:
+            return False
+        if "frozen" in group:
+            return bool(group["frozen"])
+        return "support_mask" in self.optimizer.state[group["params"][0]]  # a checkpoint from before the flag
+
+    def ensure_masks(self, group: dict[str, Any]) -> None:
+        """Give every param of a group with a budget its support mask (all True until
+        the freeze), so that the state has the same keys before and after
+        :meth:`freeze` (``torch.distributed.checkpoint`` loads only the keys the target has)."""
+        state = self.optimizer.state
+        params = group["params"]
+        if group["k"] is None or not params or "support_mask" in state[params[-1]]:
+            return
+        for p, m in zip(params, self.terms(group).num_groups):
+            if "support_mask" not in state[p]:
+                state[p]["support_mask"] = torch.ones(m, dtype=torch.bool, device=p.device)
+
+    def agree(self, error: BaseException | None) -> None:
+        """Before a step changes anything: on DTensor params, one small all-reduce makes
+        every rank raise when one rank's checks failed or the ranks disagree on the
+        groups, budgets, weights, ``lam`` or ``lr``; then raise `error` if any."""
+        sharded = [
+            p
+            for g in self.optimizer.param_groups
+            if g["k"] is not None and not self.is_frozen(g)
+            for p in g["params"]
+            if distributed.is_dtensor(p)
+        ]
+        if not sharded:
+            if error is not None:
+                raise error
+            return
+        fingerprint: dict[str, Any] = {key: [] for key in ("groups", "k", "lam", "lr", "weights")}
+        if error is None:
+            try:
+                for g in self.optimizer.param_groups:
+                    if g["k"] is None or self.is_frozen(g) or not g["params"]:
+                        continue
+                    for key, value in self.terms(g).fingerprint.items():
+                        fingerprint[key].append(value)
+                    for key in ("lam", "lr"):
+                        v = g[key]
+                        fingerprint[key].append(v.tolist() if isinstance(v, Tensor) else v)
+            except (ValueError, TypeError, RuntimeError) as err:
+                error = err
+        distributed.agree(sharded[0].device_mesh, sharded[0].to_local().device, fingerprint, error)
 
     def on_device(self, group: dict[str, Any], name: str, device: torch.device) -> Tensor:
         """group[name] as a tensor on `device`: a tensor already there is used as is; a
@@ -353,6 +419,7 @@ class WGSEFProx:
 
     def step(self, group: dict[str, Any]) -> None:
         """After the base update: the prox (or the frozen support) on the group."""
+        self.ensure_masks(group)
         if group["params"] and (self.is_frozen(group) or self.regularized(group)):
             self.apply(group, with_grad=[p.grad is not None for p in group["params"]])
 
@@ -362,7 +429,10 @@ class WGSEFProx:
         params = group["params"]
         terms = self.terms(group)
         state = self.optimizer.state
-        if "support_mask" in state[params[0]]:
+        if self.is_frozen(group) and terms.sharded is not None:
+            terms.sharded.scale_(params, [state[p]["support_mask"] for p in params])
+            return
+        if self.is_frozen(group):
             views, scales = [], []
             for p, (outer, m, inner), ids in zip(params, terms.layouts, terms.group_ids):
                 mask = state[p]["support_mask"].to(p.dtype)
@@ -378,6 +448,11 @@ class WGSEFProx:
         device = params[0].device
         lr = self.on_device(group, "lr", device) if capturable else _as_tensor(group["lr"])
         lam = self.on_device(group, "lam", device) if capturable else _as_tensor(group["lam"])
+        if terms.coupled and terms.sharded is not None:
+            distributed.prox_coupled_(
+                terms.sharded, params, terms.coupling, terms.term_sizes, terms.coupled_weights, terms.k, lam, lr
+            )
+            return
         if terms.coupled:  # a coupled group spans tensors: every member is scaled, with a gradient or not
             ops.prox_coupled_(
                 params,
@@ -403,6 +478,11 @@ class WGSEFProx:
                 lam = lam[chosen]
         ids = [terms.group_ids[i] for i in chosen]
         weights = [terms.weights[i] for i in chosen]
+        k = terms.k if terms.shared else [terms.k[i] for i in chosen]
+        if terms.sharded is not None:
+            xs = [params[i] for i in chosen]
+            distributed.prox_multi_(terms.sharded.select(chosen), xs, weights, k, lam, lr, terms.shared)
+            return
         ops.prox_multi_(
             [params[i] for i in chosen],
             [v for i in chosen for v in terms.layouts[i]],
@@ -449,6 +529,7 @@ class WGSEFProx:
                 masks.append(mask & (score > 0))
             for p, mask in zip(params, terms.tensor_masks(masks)):
                 state[p]["support_mask"] = mask
+            group["frozen"] = True
         for group in regularized:
             self.apply(group, with_grad=[True] * len(group["params"]))
 
@@ -459,7 +540,7 @@ class WGSEFProx:
         return {
             p: state[p]["support_mask"]
             for group in self.optimizer.param_groups
-            if group["k"] is not None
+            if self.is_frozen(group)
             for p in group["params"]
             if "support_mask" in state[p]
         }

@@ -58,20 +58,40 @@ def _row(name: str, p: torch.Tensor, spec: GroupSpec, k: int | None, shape=None)
     return TensorSparsity(name, shape, int((norms > 0).sum()), norms.numel(), k, zero)
 
 
+def _is_zero(t: torch.Tensor) -> torch.Tensor:
+    return (t == 0).double()
+
+
+def _sharded_rows(terms, params: list[torch.Tensor]) -> list[TensorSparsity]:
+    """Per-tensor rows of DTensor params: norms and zero counts per global group
+    (the counts as the squares of a 0/1 indicator), one all-reduce each."""
+    with torch.no_grad():
+        norms = terms.sharded.squares(params)
+        zeros = terms.sharded.squares(params, _is_zero)
+    return [
+        TensorSparsity(name, tuple(p.shape), int((n > 0).sum()), n.numel(), k, float(z.sum()) / max(p.numel(), 1))
+        for name, p, n, z, k in zip(terms.names, params, norms, zeros, terms.k * len(params) if terms.shared else terms.k)
+    ]
+
+
 def _coupled_rows(terms, params: list[torch.Tensor]) -> list[TensorSparsity]:
     with torch.no_grad():
         norms = terms.term_norms([p.detach() for p in params])
         numel = torch.zeros(sum(terms.term_sizes), dtype=torch.float64)
         zeros = torch.zeros_like(numel)
-        for p, layout, ids, c in zip(params, terms.layouts, terms.group_ids, terms.coupling):
+        sharded_zeros = terms.sharded.squares(params, _is_zero) if terms.sharded is not None else None
+        for i, (p, layout, ids, c) in enumerate(zip(params, terms.layouts, terms.group_ids, terms.coupling)):
             if ids is None:
-                view = p.detach().reshape(layout)
                 per_group = torch.full((layout[1],), float(layout[0] * layout[2]), dtype=torch.float64)
-                zero_per_group = (view == 0).sum((0, 2)).double().cpu()
+                if sharded_zeros is None:
+                    zero_per_group = (p.detach().reshape(layout) == 0).sum((0, 2)).double().cpu()
             else:
                 flat = ids.reshape(-1).cpu()
                 per_group = torch.bincount(flat, minlength=layout[1]).double()
-                zero_per_group = torch.bincount(flat, (p.detach() == 0).reshape(-1).double().cpu(), layout[1])
+                if sharded_zeros is None:
+                    zero_per_group = torch.bincount(flat, (p.detach() == 0).reshape(-1).double().cpu(), layout[1])
+            if sharded_zeros is not None:
+                zero_per_group = sharded_zeros[i].cpu()
             numel.index_add_(0, c.cpu(), per_group)
             zeros.index_add_(0, c.cpu(), zero_per_group)
     rows, begin = [], 0
@@ -103,6 +123,9 @@ def sparsity_report(source, groups: GroupSpec = "filters") -> SparsityReport:
             terms = source.prox_terms(group)
             if terms.coupled:
                 report.extend(_coupled_rows(terms, group["params"]))
+                continue
+            if terms.sharded is not None:
+                report.extend(_sharded_rows(terms, group["params"]))
                 continue
             for i, p in enumerate(group["params"]):
                 k = terms.k[0] if terms.shared else terms.k[i]

@@ -1,0 +1,414 @@
+"""The WGSEF prox, norms and value on sharded tensors (DTensor: FSDP2, HSDP, tensor
+parallel), with one small collective per call.
+
+A WGSEF term depends on its tensors only through the group norms. On a DTensor
+each rank sums the squares of its own shard per *global* group (float64), one
+``all_reduce(SUM)`` over the mesh dimensions the tensors are sharded on completes
+the norms, every rank runs the same threshold search on the same numbers (so the
+factors are identical everywhere) and scales its own shard in place. Nothing is
+gathered: the collective moves 8 bytes per group (docs/design.md §9).
+
+Plain tensors in such a term count as replicated over the mesh. ``Partial`` and
+strided-shard placements are rejected. Everything here is internal; the public
+entry points are :mod:`wgsef.functional`, :mod:`wgsef.nm` and the optimizers, which
+route DTensors here.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from . import ops
+
+try:
+    from torch.distributed.tensor import DTensor, Replicate, Shard
+    from torch.distributed.tensor._utils import _compute_local_shape_and_global_offset
+except ImportError:  # a torch built without distributed support
+    DTensor = None
+
+__all__ = ["LocalGroups", "ShardedGroups", "agree", "is_dtensor"]
+
+
+def is_dtensor(x: Any) -> bool:
+    return DTensor is not None and isinstance(x, DTensor)
+
+
+def _placement_error(name: str, placement: Any) -> ValueError:
+    return ValueError(
+        f"{name}: the placement {placement} is not supported; expected Shard(dim) or Replicate() "
+        "(redistribute a Partial tensor first)"
+    )
+
+
+def _check_placements(x: Tensor, name: str) -> None:
+    for placement in x.placements:
+        if type(placement) not in (Shard, Replicate):
+            raise _placement_error(name, placement)
+
+
+def local_box(x: Tensor, coordinate: Sequence[int] | None = None) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The local shard's shape and its offset in the global tensor (at `coordinate`
+    in the mesh, by default this rank's); a plain tensor is its own box."""
+    if not is_dtensor(x):
+        return tuple(x.shape), (0,) * x.dim()
+    mesh = x.device_mesh
+    coordinate = mesh.get_coordinate() if coordinate is None else coordinate
+    return _compute_local_shape_and_global_offset(tuple(x.shape), mesh.shape, list(coordinate), x.placements)
+
+
+def _dim_split(shape: Sequence[int], layout: tuple[int, int, int]) -> tuple[int, int] | None:
+    """Dims (a, b) with layout = (prod(shape[:a]), prod(shape[a:b]), prod(shape[b:])):
+    the groups are then the flat index over dims a..b-1 (None: no such split, as for
+    heads that split dim 0)."""
+    outer, m, inner = layout
+    for a in range(len(shape) + 1):
+        if math.prod(shape[:a]) != outer:
+            continue
+        for b in range(a, len(shape) + 1):
+            if math.prod(shape[a:b]) == m and math.prod(shape[b:]) == inner:
+                return a, b
+    return None
+
+
+class LocalGroups:
+    """Which global groups a tensor's local shard holds, and where.
+
+    With a strided layout the local shard is viewed as ``(outer, groups, inner)``
+    and ``group_index`` maps its middle index to global groups (a slice when they
+    are consecutive); otherwise (group-id tensors, heads that a shard boundary
+    splits) every local element carries its global group id.
+    """
+
+    def __init__(
+        self, x: Tensor, layout: tuple[int, int, int], group_ids: Tensor | None, num_groups: int, name: str
+    ) -> None:
+        if is_dtensor(x):
+            _check_placements(x, name)
+        self.num_groups = num_groups
+        self.shard_mesh_dims = (
+            tuple(i for i, pl in enumerate(x.placements) if isinstance(pl, Shard)) if is_dtensor(x) else ()
+        )
+        shape, offset = local_box(x)
+        self.local_shape = shape
+        device = x.device
+        self.view: tuple[int, int, int] | None = None
+        self.group_slice: slice | None = None
+        self.group_index: Tensor | None = None
+        self.local_ids: Tensor | None = None
+        if group_ids is not None:
+            ids = group_ids.full_tensor() if is_dtensor(group_ids) else group_ids
+            box = tuple(slice(o, o + n) for o, n in zip(offset, shape))
+            self.local_ids = ids[box].to(device=device, dtype=torch.int64).contiguous()
+            return
+        split = _dim_split(tuple(x.shape), layout)
+        if split is None:  # per-element global ids of the local box
+            flat = torch.zeros((), dtype=torch.int64, device=device)
+            for size, o, n in zip(x.shape, offset, shape):
+                flat = flat.unsqueeze(-1) * size + torch.arange(o, o + n, device=device)
+            self.local_ids = (flat // layout[2]) % layout[1]
+            return
+        a, b = split
+        self.view = (math.prod(shape[:a]), math.prod(shape[a:b]), math.prod(shape[b:]))
+        index = torch.zeros((), dtype=torch.int64)
+        for d in range(a, b):
+            index = index.unsqueeze(-1) * x.shape[d] + torch.arange(offset[d], offset[d] + shape[d])
+        index = index.reshape(-1)
+        first = int(index[0]) if index.numel() else 0
+        if torch.equal(index, torch.arange(first, first + index.numel())):
+            self.group_slice = slice(first, first + index.numel())
+        else:
+            self.group_index = index.to(device)
+
+    def squares(self, local: Tensor) -> Tensor:
+        """The shard's float64 sum of squares per global group (length num_groups)."""
+        out = torch.zeros(self.num_groups, dtype=torch.float64, device=local.device)
+        if local.numel() == 0:
+            return out
+        if self.local_ids is not None:
+            norms = ops.group_norms(local.contiguous(), self.local_ids, self.num_groups)
+            return norms.double().square()
+        sq = ops.group_norms(local.reshape(self.view), None, self.view[1]).double().square()
+        if self.group_slice is not None:
+            out[self.group_slice] = sq
+        else:
+            out.index_add_(0, self.group_index, sq)
+        return out
+
+    def scale_(self, local: Tensor, factors: Tensor) -> None:
+        """Multiply each element of the shard by its global group's factor, in place."""
+        if local.numel() == 0:
+            return
+        factors = factors.to(local.dtype)
+        target = local if local.is_contiguous() else local.contiguous()
+        if self.local_ids is not None:
+            target.mul_(factors[self.local_ids])
+        else:
+            f = factors[self.group_slice] if self.group_slice is not None else factors[self.group_index]
+            target.view(self.view).mul_(f.view(1, -1, 1))
+        if target is not local:
+            local.copy_(target)
+
+
+def _local(x: Tensor) -> Tensor:
+    return x.to_local() if is_dtensor(x) else x
+
+
+def _mesh_of(xs: Sequence[Tensor], name: str):
+    meshes = {id(x.device_mesh): x.device_mesh for x in xs if is_dtensor(x)}
+    if len(meshes) > 1:
+        raise ValueError(f"{name}: the DTensors of one param group or term must share one device mesh")
+    return next(iter(meshes.values()))
+
+
+class ShardedGroups:
+    """The tensors of one WGSEF term set (a param group, or one functional call) on
+    a device mesh: their local groups, and the collectives that complete the norms.
+
+    Squares are summed over the mesh dims on which any of the tensors is sharded; a
+    tensor not sharded on one of those dims contributes only from the ranks at
+    coordinate 0 there, so that nothing is counted twice.
+    """
+
+    def __init__(
+        self,
+        xs: Sequence[Tensor],
+        layouts: Sequence[tuple[int, int, int]],
+        group_ids: Sequence[Tensor | None],
+        num_groups: Sequence[int],
+        names: Sequence[str],
+    ) -> None:
+        self.mesh = _mesh_of(xs, "params")
+        self.device = _local(xs[0]).device
+        self._init_groups(
+            [LocalGroups(x, lay, ids, m, name) for x, lay, ids, m, name in zip(xs, layouts, group_ids, num_groups, names)]
+        )
+
+    def _init_groups(self, groups: list[LocalGroups]) -> None:
+        self.groups = groups
+        self.reduce_dims = tuple(sorted({d for g in self.groups for d in g.shard_mesh_dims}))
+        coordinate = self.mesh.get_coordinate()
+        self.contributes = [
+            all(coordinate[d] == 0 for d in self.reduce_dims if d not in g.shard_mesh_dims) for g in self.groups
+        ]
+
+    def all_reduce_(self, buffer: Tensor, dims: Sequence[int] | None = None) -> Tensor:
+        """Sum `buffer` over the given mesh dims (default: the sharded ones), in place;
+        every rank ends with the same bits."""
+        for d in self.reduce_dims if dims is None else dims:
+            dist.all_reduce(buffer, op=dist.ReduceOp.SUM, group=self.mesh.get_group(d))
+        return buffer
+
+    def squares(self, xs: Sequence[Tensor], transform=None) -> list[Tensor]:
+        """Each tensor's global float64 squared group norms (of ``transform(local
+        shard)`` if given), after one all-reduce."""
+        parts = []
+        for x, g, counts in zip(xs, self.groups, self.contributes):
+            local = _local(x).detach()
+            if transform is not None:
+                local = transform(local)
+            parts.append(g.squares(local) if counts else local.new_zeros(g.num_groups, dtype=torch.float64))
+        if not parts:
+            return []
+        buffer = self.all_reduce_(torch.cat(parts))
+        return list(buffer.split([g.num_groups for g in self.groups]))
+
+    def scale_(self, xs: Sequence[Tensor], factors: Sequence[Tensor]) -> None:
+        for x, g, f in zip(xs, self.groups, factors):
+            g.scale_(_local(x), f)
+
+    def select(self, indices: Sequence[int]) -> ShardedGroups:
+        """The same tensors' subset `indices` (the params with a gradient this step)."""
+        if len(indices) == len(self.groups):
+            return self
+        subset = ShardedGroups.__new__(ShardedGroups)
+        subset.mesh, subset.device = self.mesh, self.device
+        subset._init_groups([self.groups[i] for i in indices])
+        return subset
+
+
+def agree(mesh, device: torch.device, fingerprint: dict[str, Any], error: BaseException | None) -> None:
+    """Raise on every rank when any rank failed its checks or the ranks disagree on
+    an argument: one all-reduce of a few numbers over the whole mesh, so that no rank
+    goes on to a collective that the others skip."""
+    keys = sorted(fingerprint)
+    flat = [1.0 if error is not None else 0.0, 1.0]
+    for key in keys:
+        v = _hash(fingerprint[key])
+        flat += [float(v), float(v) * v]
+    buffer = torch.tensor(flat, dtype=torch.float64, device=device)
+    for d in range(mesh.ndim):
+        dist.all_reduce(buffer, op=dist.ReduceOp.SUM, group=mesh.get_group(d))
+    if error is not None:
+        raise error
+    values = buffer.tolist()
+    if values[0]:
+        raise RuntimeError("wgsef: another rank rejected this step (see its error); nothing was changed")
+    ranks = values[1]
+    for i, key in enumerate(keys):
+        total, total_sq = values[2 + 2 * i], values[3 + 2 * i]
+        if ranks * total_sq != total * total:  # equal only when every rank has the same value
+            raise ValueError(f"{key}: the ranks disagree on {key}; every rank must pass the same value")
+
+
+def _hash(value: Any) -> int:
+    """A 20-bit fingerprint of a value (sums of squares of these stay exact in float64)."""
+    return zlib.crc32(repr(value).encode()) & 0xFFFFF
+
+
+def factors_from_norms(norms: Tensor, out: Tensor) -> Tensor:
+    """The per-group factor of a prox computed on the norms themselves: a group whose
+    norm z becomes z' was scaled by z'/z (zero groups stay zero, any factor does)."""
+    return torch.where(norms > 0, out / torch.where(norms > 0, norms, 1.0), 0.0)
+
+
+def prox_multi_(
+    sharded: ShardedGroups,
+    xs: Sequence[Tensor],
+    weights: Sequence[Tensor | None],
+    k: Sequence[int],
+    lam: Tensor,
+    lr: Tensor,
+    shared: bool,
+) -> None:
+    """``ops.prox_multi_`` on sharded tensors: each tensor its own term, or one shared term."""
+    norms = [sq.sqrt() for sq in sharded.squares(xs)]
+    out = [z.clone() for z in norms]
+    layout = [v for z in norms for v in (1, z.numel(), 1)]
+    w = [None if d is None else d.to(device=z.device) for d, z in zip(weights, norms)] if weights else []
+    ops.prox_multi_(out, layout, [], w if any(d is not None for d in w) else [], list(k), lam, lr, shared)
+    sharded.scale_(xs, [factors_from_norms(z, o) for z, o in zip(norms, out)])
+
+
+def coupled_norms(sharded: ShardedGroups, xs: Sequence[Tensor], coupling: Sequence[Tensor], total: int) -> Tensor:
+    """The norms of the coupled groups: members' squares added into their coupled
+    group locally, then one all-reduce of the joint vector."""
+    device = _local(xs[0]).device if xs else torch.device("cpu")
+    joint = torch.zeros(total, dtype=torch.float64, device=device)
+    for x, g, c, counts in zip(xs, sharded.groups, coupling, sharded.contributes):
+        if counts:
+            joint.index_add_(0, c.to(device), g.squares(_local(x).detach()))
+    return sharded.all_reduce_(joint).sqrt()
+
+
+def prox_coupled_(
+    sharded: ShardedGroups,
+    xs: Sequence[Tensor],
+    coupling: Sequence[Tensor],
+    term_sizes: Sequence[int],
+    weights: Tensor | None,
+    k: Sequence[int],
+    lam: Tensor,
+    lr: Tensor,
+) -> None:
+    """``ops.prox_coupled_`` on sharded tensors."""
+    norms = coupled_norms(sharded, xs, coupling, sum(term_sizes))
+    out = norms.clone()
+    parts = list(out.split(list(term_sizes)))
+    layout = [v for s in term_sizes for v in (1, s, 1)]
+    w = list(weights.to(norms.device).split(list(term_sizes))) if weights is not None else []
+    ops.prox_multi_(parts, layout, [], w, list(k), lam, lr, False)
+    factors = factors_from_norms(norms, out)
+    sharded.scale_(xs, [factors[c.to(factors.device)] for c in coupling])
+
+
+# The functional API on one DTensor: wgsef.functional routes DTensors here.
+
+
+def _one_term(x: Tensor, layout, name: str = "x") -> ShardedGroups:
+    shape = layout.shape or (0, layout.num_groups, 0)
+    return ShardedGroups([x], [shape], [layout.group_ids], [layout.num_groups], [name])
+
+
+def _replicated(x: Tensor, local: Tensor) -> Tensor:
+    mesh = x.device_mesh
+    return DTensor.from_local(local, mesh, [Replicate()] * mesh.ndim, run_check=False)
+
+
+def group_norms(x: Tensor, layout) -> Tensor:
+    """The global group norms of a DTensor, replicated on its mesh (a collective)."""
+    norms = _one_term(x, layout).squares([x])[0].sqrt()
+    return _replicated(x, norms.to(torch.promote_types(x.dtype, torch.float32)))
+
+
+def _value_and_factors(x: Tensor, k: int, layout, weights: Tensor | None, with_factors: bool):
+    sharded = _one_term(x, layout)
+    norms = sharded.squares([x])[0].sqrt()
+    z = norms.view(1, -1, 1)
+    w = None if weights is None else weights.to(norms.device)
+    value = ops.value(z, k, w, None, norms.numel())
+    factors = None
+    if with_factors:  # d_i / u_i: the gradient of WGSEF is x_i times its group's factor
+        grad_z = ops.value_backward(torch.ones((), dtype=torch.float64, device=norms.device), z, k, w, None, norms.numel())
+        factors = factors_from_norms(norms, grad_z.reshape(-1))
+    return sharded, value, factors
+
+
+class _ShardedValue(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, k: int, layout, weights: Tensor | None) -> Tensor:
+        sharded, value, factors = _value_and_factors(x, k, layout, weights, x.requires_grad)
+        ctx.sharded, ctx.factors = sharded, factors
+        ctx.save_for_backward(x)
+        return _replicated(x, value.to(x.dtype))
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (x,) = ctx.saved_tensors
+        local = x.to_local().detach().clone()
+        ctx.sharded.groups[0].scale_(local, ctx.factors)
+        scale = grad.to_local() if is_dtensor(grad) else grad
+        local.mul_(scale.to(local.dtype))
+        out = DTensor.from_local(local, x.device_mesh, x.placements, run_check=False, shape=x.shape, stride=x.stride())
+        return out, None, None, None
+
+
+def value(x: Tensor, k: int, layout, weights: Tensor | None) -> Tensor:
+    """WGSEF of a DTensor as a replicated 0-dim DTensor; differentiable (the gradient is
+    placed like x)."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _ShardedValue.apply(x, k, layout, weights)
+    _, value, _ = _value_and_factors(x, k, layout, weights, False)
+    return _replicated(x, value.to(x.dtype))
+
+
+def prox_(x: Tensor, k: int, lam: Tensor, layout, weights: Tensor | None) -> Tensor:
+    """The prox of a DTensor in place: one all-reduce of its group norms."""
+    one = torch.ones((), dtype=torch.float64)
+    prox_multi_(_one_term(x, layout), [x], [weights], [k], lam, one, False)
+    return x
+
+
+# N:M on DTensors: the groups must lie inside the shards.
+
+
+def check_nm_shards(w: Tensor, m: int, dim: int, name: str = "w") -> None:
+    """Raise unless every shard boundary along `dim` falls between N:M groups of m."""
+    _check_placements(w, name)
+    d = dim % w.dim()
+    if not any(isinstance(pl, Shard) and pl.dim == d for pl in w.placements):
+        return
+    mesh_shape = tuple(w.device_mesh.shape)
+    for coordinate in itertools.product(*(range(s) for s in mesh_shape)):
+        shape, offset = _compute_local_shape_and_global_offset(tuple(w.shape), mesh_shape, list(coordinate), w.placements)
+        if shape[d] % m or (shape[d] and offset[d] % m):
+            raise ValueError(
+                f"{name}: a group of m={m} along dim {d} would span shards (the shard at mesh coordinate "
+                f"{coordinate} holds [{offset[d]}, {offset[d] + shape[d]})); shard another dim, or make every "
+                f"shard's size along dim {d} a multiple of {m}"
+            )
+
+
+def local_map(fn, w: Tensor, m: int, dim: int, *args):
+    """fn on w's local shard, each tensor output placed like w."""
+    check_nm_shards(w, m, dim)
+    out = fn(w.to_local(), *args)
+    wrap = lambda t: DTensor.from_local(t, w.device_mesh, w.placements, run_check=False, shape=w.shape, stride=w.stride())  # noqa: E731
+    return tuple(wrap(t) for t in out) if isinstance(out, tuple) else wrap(out)

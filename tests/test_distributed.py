@@ -1,0 +1,231 @@
+"""Many processes: ProxSGD, ProxOptimizer and the functional API under FSDP2 (1-D and
+HSDP meshes), DDP and ZeroRedundancyOptimizer, and checkpoints through
+torch.distributed.checkpoint, with the gloo backend on one machine.
+
+Every rank also runs the same training unsharded (a single-process reference on
+the same batches); sharded results must match it (float64, within 1e-12), frozen
+masks and kept groups exactly, and every rank must hold the same bits.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import tempfile
+import time
+import traceback
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+
+import wgsef
+
+pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch without torch.distributed")
+
+TIMEOUT = 120  # seconds for one multi-process run, start-up included
+
+
+def _entry(rank, world, init_file, worker, args, results):
+    try:
+        torch.set_num_threads(1)
+        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+        results.put((rank, None, worker(rank, world, *args)))
+    except BaseException:
+        results.put((rank, traceback.format_exc(), None))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run_ranks(world: int, worker, *args):
+    """worker(rank, world, *args) on `world` spawned processes; the return values by
+    rank. A failure or a run past TIMEOUT (a deadlock) fails the test."""
+    ctx = torch.multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    with tempfile.TemporaryDirectory() as tmp:
+        init_file = os.path.join(tmp, "init")
+        procs = [
+            ctx.Process(target=_entry, args=(rank, world, init_file, worker, args, results), daemon=True)
+            for rank in range(world)
+        ]
+        for p in procs:
+            p.start()
+        deadline = time.monotonic() + TIMEOUT
+        out, errors = {}, []
+        try:
+            while len(out) + len(errors) < world:
+                try:
+                    rank, error, value = results.get(timeout=max(0.1, deadline - time.monotonic()))
+                except queue.Empty:
+                    raise AssertionError(f"ranks {sorted(set(range(world)) - set(out))} hung past {TIMEOUT} s") from None
+                if error is not None:
+                    errors.append(f"rank {rank}:\n{error}")
+                else:
+                    out[rank] = value
+        finally:
+            for p in procs:
+                p.join(timeout=5)
+                if p.is_alive():
+                    p.kill()
+    assert not errors, "\n".join(errors)
+    return [out[r] for r in range(world)]
+
+
+# -- models and param groups -------------------------------------------------------
+
+
+def mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(12, 10), nn.ReLU(), nn.Linear(10, 7), nn.ReLU(), nn.Linear(7, 5)).double()
+
+
+class ResidualNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.c1, self.b1 = nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6)
+        self.c2, self.b2 = nn.Conv2d(6, 6, 3, padding=1), nn.BatchNorm2d(6)
+        self.fc = nn.Linear(6, 5)
+
+    def forward(self, x):
+        h = torch.relu(self.b1(self.c1(x)))
+        h = h + torch.relu(self.b2(self.c2(h)))
+        return self.fc(h.mean((2, 3)))
+
+
+def linear_weights(model):
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    names = {id(p): n for n, p in model.named_parameters()}
+    weights = [m.weight for m in layers]
+    others = [p for p in model.parameters() if id(p) not in {id(w) for w in weights}]
+    return weights, [names[id(w)] for w in weights], others
+
+
+def groups_for(config: str, model) -> list[dict]:
+    weights, names, others = linear_weights(model)
+    rest = {"params": others, "k": None}
+    if config == "per_tensor":  # heads that shard boundaries split, partial channels, uneven filters
+        specs = [("heads", 5), "channels", "filters"]
+        return [{"params": weights, "names": names, "groups": specs, "k": [3, 4, 2], "lam": [0.5, 0.3, 0.8]}, rest]
+    if config == "shared_elements":  # one term across FSDP units
+        return [{"params": weights, "names": names, "groups": "elements", "k": 0.3, "lam": 0.2, "shared_k": True}, rest]
+    if config == "shared_layers":
+        return [{"params": weights, "names": names, "groups": "layer", "k": 2, "lam": 1.0, "shared_k": True}, rest]
+    if config == "ids_weights":
+        ids = torch.arange(120).reshape(10, 12) % 9
+        w0 = torch.linspace(0.5, 2.0, 9, dtype=torch.float64)
+        w2 = torch.linspace(1.0, 3.0, 5, dtype=torch.float64)
+        return [
+            {
+                "params": [weights[0], weights[2]],
+                "names": [names[0], names[2]],
+                "groups": [ids, "filters"],
+                "weights": [w0, w2],
+                "k": [4, 2],
+                "lam": 0.6,
+            },
+            {"params": [weights[1], *others], "k": None},
+        ]
+    raise ValueError(config)
+
+
+def batch(step: int, shape=(16, 12)) -> torch.Tensor:
+    return torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(100 + step))
+
+
+def train(model, opt, steps: int, freeze_at: int, shape=(16, 12), check=None) -> None:
+    for step in range(steps):
+        opt.zero_grad()
+        model(batch(step, shape)).square().mean().backward()
+        opt.step()
+        if step == freeze_at:
+            opt.freeze_support()
+        if check is not None:
+            check(step)
+
+
+def full(p: torch.Tensor) -> torch.Tensor:
+    p = p.detach()
+    return p.full_tensor() if isinstance(p, torch.distributed.tensor.DTensor) else p
+
+
+def assert_same_on_every_rank(tensors: list[torch.Tensor]) -> None:
+    mine = [t.cpu().contiguous().view(torch.uint8).clone() if t.dtype != torch.bool else t.cpu() for t in tensors]
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, mine)
+    for other in everyone:
+        assert all(torch.equal(a, b) for a, b in zip(mine, other)), "ranks differ"
+
+
+def compare(model, reference, opt, ref_opt) -> None:
+    fulls = [full(p) for p in model.parameters()]
+    for p, want in zip(fulls, reference.parameters()):
+        torch.testing.assert_close(p, want.detach(), rtol=0, atol=1e-12)
+    masks = list(opt.support_masks().values())
+    assert [m.tolist() for m in masks] == [m.tolist() for m in ref_opt.support_masks().values()]
+    for group, ref_group in zip(opt.param_groups, ref_opt.param_groups):
+        if group["k"] is None:
+            continue
+        terms, ref_terms = opt.prox_terms(group), ref_opt.prox_terms(ref_group)
+        kept = [n > 0 for n in terms.term_norms(group["params"])]
+        assert [t.tolist() for t in kept] == [(n > 0).tolist() for n in ref_terms.term_norms(ref_group["params"])]
+    assert_same_on_every_rank(fulls + masks)
+
+
+# -- FSDP2 -------------------------------------------------------------------------
+
+
+def _fsdp_worker(rank, world, mesh_shape, configs):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    names = ("replicate", "shard") if len(mesh_shape) == 2 else None  # HSDP: replicate x shard
+    mesh = init_device_mesh("cpu", mesh_shape, mesh_dim_names=names)
+    for config in configs:
+        base = "adamw" if config == "adamw" else config
+        reference, model = (ResidualNet(), ResidualNet()) if base == "coupled" else (mlp(), mlp())
+        shape = (4, 3, 6, 6) if base == "coupled" else (16, 12)
+        if base == "coupled":
+            ref_groups = wgsef.coupled_param_groups(reference.double(), batch(0, shape), k=0.5, lam=0.5)
+            groups = wgsef.coupled_param_groups(model.double(), batch(0, shape), k=0.5, lam=0.5)
+        for layer in [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]:
+            fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        if base == "coupled":
+            groups = wgsef.rebind_param_groups(groups, model)
+        else:
+            ref_groups, groups = groups_for("per_tensor" if base == "adamw" else base, reference), None
+            groups = groups_for("per_tensor" if base == "adamw" else base, model)
+        if config == "adamw":
+            ref_opt = wgsef.ProxOptimizer(torch.optim.AdamW(ref_groups, lr=0.05))
+            opt = wgsef.ProxOptimizer(torch.optim.AdamW(groups, lr=0.05))
+        else:
+            ref_opt = wgsef.ProxSGD(ref_groups, lr=0.1, momentum=0.9)
+            opt = wgsef.ProxSGD(groups, lr=0.1, momentum=0.9)
+        for step in range(6):
+            x = batch(step, shape)
+            for net, o in ((reference, ref_opt), (model, opt)):
+                o.zero_grad()
+                net(x).square().mean().backward()
+                o.step()
+                if step == 3:
+                    o.freeze_support()
+            compare(model, reference, opt, ref_opt)
+        report = str(wgsef.sparsity_report(opt))
+        assert report == str(wgsef.sparsity_report(ref_opt)), config
+    return True
+
+
+CONFIGS = ["per_tensor", "shared_elements", "shared_layers", "ids_weights", "coupled", "adamw"]
+
+
+def test_fsdp2_two_ranks():
+    run_ranks(2, _fsdp_worker, (2,), CONFIGS)
+
+
+def test_fsdp2_four_ranks_uneven_and_empty_shards_and_hsdp():
+    # 1-D mesh of 4: the 5-row layer splits 2, 2, 1, 0 (an empty shard); then HSDP
+    run_ranks(4, _fsdp_worker, (4,), ["per_tensor", "shared_elements", "coupled"])
+    run_ranks(4, _fsdp_worker, (2, 2), ["per_tensor", "ids_weights"])
