@@ -229,3 +229,150 @@ def test_fsdp2_four_ranks_uneven_and_empty_shards_and_hsdp():
     # 1-D mesh of 4: the 5-row layer splits 2, 2, 1, 0 (an empty shard); then HSDP
     run_ranks(4, _fsdp_worker, (4,), ["per_tensor", "shared_elements", "coupled"])
     run_ranks(4, _fsdp_worker, (2, 2), ["per_tensor", "ids_weights"])
+
+
+# -- the functional API and N:M on DTensors ------------------------------------------
+
+
+def _functional_worker(rank, world):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (world,))
+    x = torch.randn(10, 6, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    x[3] = 0  # a zero group
+    ids = torch.arange(x.numel()).reshape(x.shape) % 11
+    cases = [
+        ("filters", None),
+        ("channels", torch.linspace(0.5, 2.0, 6, dtype=torch.float64)),
+        ("shapes", None),
+        ("layer", None),
+        ("elements", None),
+        (("heads", 5), None),
+        (ids, torch.linspace(1.0, 2.0, 11, dtype=torch.float64)),
+    ]
+    for placement in (Shard(0), Shard(1), Shard(2), Replicate()):
+        d = distribute_tensor(x, mesh, [placement])
+        for groups, weights in cases:
+            want_norms = wgsef.group_norms(x, groups)
+            norms = wgsef.group_norms(d, groups)
+            assert norms.placements == (Replicate(),)
+            torch.testing.assert_close(norms.to_local(), want_norms, rtol=1e-13, atol=0)
+            for k, lam in ((3, 0.4), (1, 2.0), (0, 0.5)):
+                want = wgsef.value(x, k, groups, weights)
+                got = wgsef.value(d, k, groups, weights)
+                torch.testing.assert_close(got.to_local(), want, rtol=1e-12, atol=0)
+                want_p = wgsef.prox(x, k, lam, groups, weights)
+                got_p = wgsef.prox(d, k, lam, groups, weights)
+                assert got_p.placements == d.placements
+                torch.testing.assert_close(got_p.full_tensor(), want_p, rtol=0, atol=1e-12)
+                torch.testing.assert_close(d.full_tensor(), x, rtol=0, atol=0)  # prox leaves its input alone
+                inplace = distribute_tensor(x, mesh, [placement])
+                assert wgsef.prox_(inplace, k, lam, groups, weights) is inplace
+                torch.testing.assert_close(inplace.full_tensor(), want_p, rtol=0, atol=1e-12)
+            # the gradient of the value, placed like x
+            leaf = distribute_tensor(x, mesh, [placement]).requires_grad_()
+            wgsef.value(leaf, 3, groups, weights).backward()
+            ref = x.clone().requires_grad_()
+            wgsef.value(ref, 3, groups, weights).backward()
+            assert leaf.grad.placements == leaf.placements
+            torch.testing.assert_close(leaf.grad.full_tensor(), ref.grad, rtol=1e-12, atol=1e-14)
+    # N:M: groups of 4 along dim 1 lie inside Shard(0) shards and inside 8-column Shard(1) shards
+    w = torch.randn(6, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    for placement in (Shard(0), Shard(1), Replicate()):
+        dw = distribute_tensor(w, mesh, [placement])
+        mask = wgsef.nm_mask(dw, 2, 4, dim=1)
+        assert mask.placements == dw.placements
+        assert torch.equal(mask.full_tensor(), wgsef.nm_mask(w, 2, 4, dim=1))
+        leaf = dw.detach().requires_grad_()
+        out = wgsef.nm_decay(leaf, 2, 4, 0.25, dim=1, grad_mode="scaled")
+        ref = w.clone().requires_grad_()
+        want = wgsef.nm_decay(ref, 2, 4, 0.25, dim=1, grad_mode="scaled")
+        torch.testing.assert_close(out.full_tensor(), want, rtol=0, atol=0)
+        (out * out).sum().backward()
+        (want * want).sum().backward()
+        torch.testing.assert_close(leaf.grad.full_tensor(), ref.grad, rtol=0, atol=1e-15)
+    odd = distribute_tensor(torch.randn(4, 12, dtype=torch.float64), mesh, [Shard(1)])  # shards of 6 columns
+    with pytest.raises(ValueError, match="would span shards"):
+        wgsef.nm_mask(odd, 2, 4, dim=1)
+    return True
+
+
+def test_functional_api_and_nm_on_dtensors():
+    run_ranks(2, _functional_worker)
+
+
+# -- bad input: every rank raises, nothing is written, nobody hangs ------------------
+
+
+def _sharded_mlp(mesh):
+    from torch.distributed.fsdp import fully_shard
+
+    model = mlp()
+    for layer in [m for m in model.modules() if isinstance(m, nn.Linear)]:
+        fully_shard(layer, mesh=mesh)
+    return fully_shard(model, mesh=mesh)
+
+
+def _snapshot(model, opt):
+    tensors = [p.detach().to_local().clone() for p in model.parameters()]
+    tensors += [v.to_local().clone() if hasattr(v, "to_local") else v.clone() for s in opt.state.values() for v in s.values()]
+    return tensors
+
+
+def _bad_input_worker(rank, world):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor, Partial
+
+    mesh = init_device_mesh("cpu", (world,))
+    partial = DTensor.from_local(torch.ones(4, 3, dtype=torch.float64), mesh, [Partial()])
+    for call in (lambda: wgsef.prox(partial, 1, 0.5), lambda: wgsef.group_norms(partial), lambda: wgsef.nm_mask(partial, 1, 3)):
+        with pytest.raises(ValueError, match=r"placement .*Partial.* is not supported"):
+            call()
+
+    def disagree(group, key, value_on_rank_1, error, match):
+        model = _sharded_mlp(mesh)
+        opt = wgsef.ProxSGD(groups_for("per_tensor", model), lr=0.1, momentum=0.9)
+        train(model, opt, 2, freeze_at=-1)
+        before = _snapshot(model, opt)
+        if rank == 1:
+            opt.param_groups[group][key] = value_on_rank_1
+        opt.zero_grad()
+        model(batch(9)).square().mean().backward()
+        with pytest.raises(error, match=match):
+            opt.step()
+        after = _snapshot(model, opt)
+        assert len(before) == len(after) and all(torch.equal(a, b) for a, b in zip(before, after))
+
+    disagree(0, "lam", [0.5, 0.3, 0.9], ValueError, "lam: the ranks disagree")
+    disagree(0, "k", [3, 4, 1], ValueError, "k: the ranks disagree")
+    disagree(0, "groups", [("heads", 5), "filters", "filters"], ValueError, "groups: the ranks disagree")
+    disagree(0, "lr", 0.2, ValueError, "lr: the ranks disagree")
+    # one rank's own check fails: it raises its error, the others that it rejected the step
+    own = "k: 100 exceeds the number of groups" if rank == 1 else "another rank rejected this step"
+    disagree(0, "k", [3, 100, 2], ValueError if rank == 1 else RuntimeError, own)
+    return True
+
+
+def test_bad_input_raises_on_every_rank_and_writes_nothing():
+    run_ranks(2, _bad_input_worker)
+
+
+# -- DDP ---------------------------------------------------------------------------
+
+
+def _ddp_worker(rank, world):
+    from torch.nn.parallel import DistributedDataParallel
+
+    reference, model = mlp(), DistributedDataParallel(mlp())
+    for config in ("per_tensor", "shared_elements"):
+        ref_opt = wgsef.ProxSGD(groups_for(config, reference), lr=0.1, momentum=0.9)
+        opt = wgsef.ProxSGD(groups_for(config, model.module), lr=0.1, momentum=0.9)
+        train(reference, ref_opt, 5, freeze_at=2)
+        train(model, opt, 5, freeze_at=2)
+        compare(model.module, reference, opt, ref_opt)
+    return True
+
+
+def test_ddp_matches_one_process():
+    run_ranks(2, _ddp_worker)

@@ -43,12 +43,13 @@ def is_dtensor(x: Any) -> bool:
 
 def _placement_error(name: str, placement: Any) -> ValueError:
     return ValueError(
-        f"{name}: the placement {placement} is not supported; expected Shard(dim) or Replicate() "
+        f"{name}: the placement {type(placement).__name__} ({placement}) is not supported; expected Shard(dim) "
+        "or Replicate() "
         "(redistribute a Partial tensor first)"
     )
 
 
-def _check_placements(x: Tensor, name: str) -> None:
+def check_placements(x: Tensor, name: str) -> None:
     for placement in x.placements:
         if type(placement) not in (Shard, Replicate):
             raise _placement_error(name, placement)
@@ -91,7 +92,7 @@ class LocalGroups:
         self, x: Tensor, layout: tuple[int, int, int], group_ids: Tensor | None, num_groups: int, name: str
     ) -> None:
         if is_dtensor(x):
-            _check_placements(x, name)
+            check_placements(x, name)
         self.num_groups = num_groups
         self.shard_mesh_dims = (
             tuple(i for i, pl in enumerate(x.placements) if isinstance(pl, Shard)) if is_dtensor(x) else ()
@@ -391,7 +392,7 @@ def prox_(x: Tensor, k: int, lam: Tensor, layout, weights: Tensor | None) -> Ten
 
 def check_nm_shards(w: Tensor, m: int, dim: int, name: str = "w") -> None:
     """Raise unless every shard boundary along `dim` falls between N:M groups of m."""
-    _check_placements(w, name)
+    check_placements(w, name)
     d = dim % w.dim()
     if not any(isinstance(pl, Shard) and pl.dim == d for pl in w.placements):
         return

@@ -89,6 +89,7 @@ def _resolve(x: torch.Tensor, groups: GroupSpec, weights):
 def _resolve_sharded(x: torch.Tensor, groups: GroupSpec, weights):
     """The layout of a DTensor's global shape and its weights (a DTensor of weights
     is gathered: every rank needs all of them)."""
+    distributed.check_placements(x, "x")
     if distributed.is_dtensor(weights):
         weights = weights.full_tensor()
     weights = _weights_tensor(weights, x)
