@@ -376,3 +376,90 @@ def _ddp_worker(rank, world):
 
 def test_ddp_matches_one_process():
     run_ranks(2, _ddp_worker)
+
+
+# -- checkpoints through torch.distributed.checkpoint --------------------------------
+
+
+def _state(model, opt):
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_sd, optim_sd = get_state_dict(model, opt)
+    return {"model": model_sd, "optim": optim_sd}
+
+
+def _load(model, opt, path):
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+
+    sd = _state(model, opt)  # allocates the optimizer state (one step at lr 0), as DCP needs
+    dcp.load(sd, checkpoint_id=path)
+    set_state_dict(model, opt, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
+
+
+def _train_steps(model, opt, steps, freeze_at=-1):
+    for step in steps:
+        opt.zero_grad()
+        model(batch(step)).square().mean().backward()
+        opt.step()
+        if step == freeze_at:
+            opt.freeze_support()
+
+
+def _checkpoint_worker(rank, world, before, after):
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.device_mesh import init_device_mesh
+
+    mesh = init_device_mesh("cpu", (world,))
+
+    def fresh():
+        model = _sharded_mlp(mesh)
+        return model, wgsef.ProxSGD(groups_for("per_tensor", model), lr=0.1, momentum=0.9)
+
+    model, opt = fresh()
+    _train_steps(model, opt, range(3))
+    dcp.save(_state(model, opt), checkpoint_id=before)  # before the freeze
+    _train_steps(model, opt, range(3, 6), freeze_at=3)
+    dcp.save(_state(model, opt), checkpoint_id=after)
+    masks = [m.clone() for m in opt.support_masks().values()]
+    _train_steps(model, opt, range(6, 8))
+    final = [full(p) for p in model.parameters()]
+
+    # resume from the frozen checkpoint: continues bitwise
+    model, opt = fresh()
+    _load(model, opt, after)
+    assert opt.is_frozen() and all(torch.equal(a, b) for a, b in zip(opt.support_masks().values(), masks))
+    _train_steps(model, opt, range(6, 8))
+    assert all(torch.equal(full(p), want) for p, want in zip(model.parameters(), final))
+
+    # the checkpoint from before the freeze loads into a frozen optimizer, and
+    # training from it repeats the same freeze and steps
+    model, opt = fresh()
+    _train_steps(model, opt, range(2), freeze_at=0)
+    _load(model, opt, before)
+    assert not opt.is_frozen()
+    _train_steps(model, opt, range(3, 8), freeze_at=3)
+    assert all(torch.equal(full(p), want) for p, want in zip(model.parameters(), final))
+    return [m.tolist() for m in masks], [p.tolist() for p in final]
+
+
+def _load_worker(rank, world, path, masks):
+    from torch.distributed.device_mesh import init_device_mesh
+
+    model = _sharded_mlp(init_device_mesh("cpu", (world,)))
+    opt = wgsef.ProxSGD(groups_for("per_tensor", model), lr=0.1, momentum=0.9)
+    _load(model, opt, path)
+    assert [m.tolist() for m in opt.support_masks().values()] == masks
+    return True
+
+
+def test_checkpoint_resume_and_reshard(tmp_path):
+    before, after = str(tmp_path / "before"), str(tmp_path / "after")
+    results = run_ranks(2, _checkpoint_worker, before, after)
+    masks, final = results[0]
+    assert all(r == results[0] for r in results)
+    run_ranks(4, _load_worker, after, masks)  # another world size
+    model = mlp()  # one process
+    opt = wgsef.ProxSGD(groups_for("per_tensor", model), lr=0.1, momentum=0.9)
+    _load(model, opt, after)
+    assert [m.tolist() for m in opt.support_masks().values()] == masks
