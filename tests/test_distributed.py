@@ -463,3 +463,48 @@ def test_checkpoint_resume_and_reshard(tmp_path):
     opt = wgsef.ProxSGD(groups_for("per_tensor", model), lr=0.1, momentum=0.9)
     _load(model, opt, after)
     assert [m.tolist() for m in opt.support_masks().values()] == masks
+
+
+# -- ZeroRedundancyOptimizer ---------------------------------------------------------
+
+
+def _zero_worker(rank, world, configs):
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+    from torch.nn.parallel import DistributedDataParallel
+
+    for config in configs:
+        coupled = config == "coupled"
+        reference, model = (ResidualNet(), ResidualNet()) if coupled else (mlp(), mlp())
+        shape = (4, 3, 6, 6) if coupled else (16, 12)
+        if coupled:
+            ref_groups = wgsef.coupled_param_groups(reference.double(), batch(0, shape), k=0.5, lam=0.5)
+            groups = wgsef.coupled_param_groups(model.double(), batch(0, shape), k=0.5, lam=0.5)
+        else:
+            ref_groups, groups = groups_for(config, reference), groups_for(config, model)
+        ddp = DistributedDataParallel(model)
+        ref_opt = wgsef.ProxSGD(ref_groups, lr=0.1, momentum=0.9)
+        zero = ZeroRedundancyOptimizer(groups, optimizer_class=wgsef.ProxSGD, lr=0.1, momentum=0.9)
+        for step in range(6):
+            x = batch(step, shape)
+            for net, o in ((reference, ref_opt), (ddp, zero)):
+                o.zero_grad()
+                net(x).square().mean().backward()
+                o.step()
+                if step == 3:
+                    (o.optim if o is zero else o).freeze_support()
+            fulls = [p.detach() for p in model.parameters()]
+            for p, want in zip(fulls, reference.parameters()):
+                torch.testing.assert_close(p, want.detach(), rtol=0, atol=1e-12)
+            assert_same_on_every_rank(fulls)
+        owned = zero.optim.support_masks()
+        want = ref_opt.support_masks()
+        ref_by_name = dict(zip([n for n, _ in reference.named_parameters()], reference.parameters()))
+        names = {id(p): n for n, p in model.named_parameters()}
+        for p, mask in owned.items():
+            assert torch.equal(mask, want[ref_by_name[names[id(p)]]])
+        assert str(wgsef.sparsity_report(zero)) == str(wgsef.sparsity_report(ref_opt)), config
+    return True
+
+
+def test_zero_redundancy_optimizer_matches_one_process():
+    run_ranks(2, _zero_worker, ["per_tensor", "shared_elements", "ids_weights", "coupled"])

@@ -170,12 +170,14 @@ def _mesh_of(xs: Sequence[Tensor], name: str):
 
 
 class ShardedGroups:
-    """The tensors of one WGSEF term set (a param group, or one functional call) on
-    a device mesh: their local groups, and the collectives that complete the norms.
+    """The tensors of one WGSEF term set (a param group, or one functional call) spread
+    over processes: their local groups, and the collectives that complete the norms.
 
-    Squares are summed over the mesh dims on which any of the tensors is sharded; a
-    tensor not sharded on one of those dims contributes only from the ranks at
-    coordinate 0 there, so that nothing is counted twice.
+    On a device mesh, squares are summed over the mesh dims on which any of the
+    tensors is sharded; a tensor not sharded on one of those dims contributes only
+    from the ranks at coordinate 0 there, so that nothing is counted twice. Under
+    ``ZeroRedundancyOptimizer`` (:meth:`partitioned`) each rank holds whole tensors,
+    contributes and writes only those it owns, and sums over ZeRO's process group.
     """
 
     def __init__(
@@ -186,25 +188,51 @@ class ShardedGroups:
         num_groups: Sequence[int],
         names: Sequence[str],
     ) -> None:
-        self.mesh = _mesh_of(xs, "params")
-        self.device = _local(xs[0]).device
-        self._init_groups(
-            [LocalGroups(x, lay, ids, m, name) for x, lay, ids, m, name in zip(xs, layouts, group_ids, num_groups, names)]
+        mesh = _mesh_of(xs, "params")
+        groups = [LocalGroups(x, lay, ids, m, name) for x, lay, ids, m, name in zip(xs, layouts, group_ids, num_groups, names)]
+        reduce_dims = tuple(sorted({d for g in groups for d in g.shard_mesh_dims}))
+        coordinate = mesh.get_coordinate()
+        contributes = [all(coordinate[d] == 0 for d in reduce_dims if d not in g.shard_mesh_dims) for g in groups]
+        self._init(
+            groups,
+            contributes,
+            [True] * len(groups),
+            [mesh.get_group(d) for d in reduce_dims],
+            [mesh.get_group(d) for d in range(mesh.ndim)],
+            _local(xs[0]).device,
         )
 
-    def _init_groups(self, groups: list[LocalGroups]) -> None:
+    def _init(self, groups, contributes, writes, reduce_groups, consensus_groups, device) -> None:
         self.groups = groups
-        self.reduce_dims = tuple(sorted({d for g in self.groups for d in g.shard_mesh_dims}))
-        coordinate = self.mesh.get_coordinate()
-        self.contributes = [
-            all(coordinate[d] == 0 for d in self.reduce_dims if d not in g.shard_mesh_dims) for g in self.groups
-        ]
+        self.contributes = contributes
+        self.writes = writes
+        self.reduce_groups = reduce_groups
+        self.consensus_groups = consensus_groups  # every rank that must agree on a step
+        self.device = device
 
-    def all_reduce_(self, buffer: Tensor, dims: Sequence[int] | None = None) -> Tensor:
-        """Sum `buffer` over the given mesh dims (default: the sharded ones), in place;
-        every rank ends with the same bits."""
-        for d in self.reduce_dims if dims is None else dims:
-            dist.all_reduce(buffer, op=dist.ReduceOp.SUM, group=self.mesh.get_group(d))
+    @classmethod
+    def partitioned(
+        cls,
+        xs: Sequence[Tensor],
+        layouts: Sequence[tuple[int, int, int]],
+        group_ids: Sequence[Tensor | None],
+        num_groups: Sequence[int],
+        names: Sequence[str],
+        owned: Sequence[bool],
+        process_group,
+    ) -> ShardedGroups:
+        """Whole tensors partitioned between ranks (ZeRO): rank r owns those marked in `owned`."""
+        self = cls.__new__(cls)
+        groups = [LocalGroups(x, lay, ids, m, name) for x, lay, ids, m, name in zip(xs, layouts, group_ids, num_groups, names)]
+        device = xs[0].device if xs else torch.device("cpu")
+        self._init(groups, list(owned), list(owned), [process_group], [process_group], device)
+        return self
+
+    def all_reduce_(self, buffer: Tensor) -> Tensor:
+        """Sum `buffer` over the ranks that hold parts of the tensors, in place; every
+        rank ends with the same bits."""
+        for group in self.reduce_groups:
+            dist.all_reduce(buffer, op=dist.ReduceOp.SUM, group=group)
         return buffer
 
     def squares(self, xs: Sequence[Tensor], transform=None) -> list[Tensor]:
@@ -222,31 +250,39 @@ class ShardedGroups:
         return list(buffer.split([g.num_groups for g in self.groups]))
 
     def scale_(self, xs: Sequence[Tensor], factors: Sequence[Tensor]) -> None:
-        for x, g, f in zip(xs, self.groups, factors):
-            g.scale_(_local(x), f)
+        for x, g, f, writes in zip(xs, self.groups, factors, self.writes):
+            if writes:
+                g.scale_(_local(x), f)
 
     def select(self, indices: Sequence[int]) -> ShardedGroups:
         """The same tensors' subset `indices` (the params with a gradient this step)."""
         if len(indices) == len(self.groups):
             return self
         subset = ShardedGroups.__new__(ShardedGroups)
-        subset.mesh, subset.device = self.mesh, self.device
-        subset._init_groups([self.groups[i] for i in indices])
+        pick = lambda values: [values[i] for i in indices]  # noqa: E731
+        subset._init(
+            pick(self.groups),
+            pick(self.contributes),
+            pick(self.writes),
+            self.reduce_groups,
+            self.consensus_groups,
+            self.device,
+        )
         return subset
 
 
-def agree(mesh, device: torch.device, fingerprint: dict[str, Any], error: BaseException | None) -> None:
+def agree(groups: Sequence, device: torch.device, fingerprint: dict[str, Any], error: BaseException | None) -> None:
     """Raise on every rank when any rank failed its checks or the ranks disagree on
-    an argument: one all-reduce of a few numbers over the whole mesh, so that no rank
-    goes on to a collective that the others skip."""
+    an argument: one all-reduce of a few numbers over the process groups (those of a
+    mesh's dims, in turn), so that no rank goes on to a collective that the others skip."""
     keys = sorted(fingerprint)
     flat = [1.0 if error is not None else 0.0, 1.0]
     for key in keys:
         v = _hash(fingerprint[key])
         flat += [float(v), float(v) * v]
     buffer = torch.tensor(flat, dtype=torch.float64, device=device)
-    for d in range(mesh.ndim):
-        dist.all_reduce(buffer, op=dist.ReduceOp.SUM, group=mesh.get_group(d))
+    for group in groups:
+        dist.all_reduce(buffer, op=dist.ReduceOp.SUM, group=group)
     if error is not None:
         raise error
     values = buffer.tolist()

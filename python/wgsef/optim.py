@@ -15,6 +15,7 @@ to every regularized tensor of a param group. The prox machinery itself is
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -55,6 +56,29 @@ def _sgd_on_device(
     # foreach's fused path, and 16-bit params do not round lr to 16 bits
     lr = lr.to(torch.float64 if params[0].dtype == torch.float64 else torch.float32)
     torch._foreach_sub_(params, torch._foreach_mul(grads, lr))
+
+
+def _building_zero() -> Any:
+    """The ZeroRedundancyOptimizer that is constructing this optimizer, if any.
+
+    ZeRO builds its local optimizer itself, over this rank's partition of each param
+    group, and passes nothing else. Terms shared across the partition (``shared_k``,
+    coupled groups) and per-tensor option lists need the whole group, which ZeRO
+    keeps; the caller's frame is the only place that names it.
+    """
+    try:
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+    except ImportError:
+        return None
+    frame = sys._getframe(2)  # the caller of ProxSGD.__init__
+    for _ in range(3):
+        if frame is None:
+            return None
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, ZeroRedundancyOptimizer):
+            return owner
+        frame = frame.f_back
+    return None
 
 
 class ProxSGD(Optimizer):
@@ -155,7 +179,7 @@ class ProxSGD(Optimizer):
             frozen=False,
             capturable=capturable,
         )
-        self._prox = WGSEFProx(self)
+        self._prox = WGSEFProx(self, zero=_building_zero())
         super().__init__(params, defaults)
 
     def prox_terms(self, group: dict[str, Any]) -> ProxTerms:
@@ -219,7 +243,8 @@ class ProxSGD(Optimizer):
             error = err
         self._prox.agree(error)  # raises the error; on DTensors on every rank
         for group, (params, grads, bufs, sparse) in zip(self.param_groups, work):
-            if not params:
+            if not params:  # the prox may still need this rank (a term shared across ZeRO's partitions)
+                self._prox.step(group)
                 continue
             if group["capturable"]:
                 _sgd_on_device(params, grads, bufs, self._prox.on_device(group, "lr", params[0].device), group)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -83,9 +84,11 @@ class ProxTerms:
     (one run with ``shared_k``), and ``weights`` holds one weight per coupled group.
     """
 
-    def __init__(self, group: dict[str, Any]):
+    def __init__(self, group: dict[str, Any], partition: tuple[list[bool], Any] | None = None):
         params: list[Tensor] = group["params"]
         n = len(params)
+        # ZeroRedundancyOptimizer: which params this rank owns, and ZeRO's process group
+        self.owned = partition[0] if partition is not None else [True] * n
         names = group.get("names") or [f"params[{i}]" for i in range(n)]
         self.coupled = group.get("coupling") is not None
         specs = _per_tensor(group["groups"], n, "groups")
@@ -113,8 +116,15 @@ class ProxTerms:
             raise TypeError(f"shared_k: expected a bool, got {group['shared_k']!r}")
         self.shared = group["shared_k"]
         self.sharded = None
-        if any(distributed.is_dtensor(p) for p in params):
+        self.params = list(params)
+        self.position = {id(p): i for i, p in enumerate(params)}
+        self.dtensors = any(distributed.is_dtensor(p) for p in params)
+        if self.dtensors:
             self.sharded = distributed.ShardedGroups(params, self.layouts, self.group_ids, self.num_groups, names)
+        elif partition is not None and (self.shared or self.coupled):  # terms that span ZeRO's partitions
+            self.sharded = distributed.ShardedGroups.partitioned(
+                params, self.layouts, self.group_ids, self.num_groups, names, self.owned, partition[1]
+            )
         if self.coupled:
             self._init_coupling(group, params)
             return
@@ -290,10 +300,29 @@ class WGSEFProx:
     as device tensors (no host synchronisation).
     """
 
-    def __init__(self, optimizer: Optimizer) -> None:
+    def __init__(self, optimizer: Optimizer, zero: Any = None) -> None:
         self.optimizer = optimizer
         self._terms_by_group: dict[int, tuple[tuple, ProxTerms]] = {}
         self._device_scalars: dict[tuple[int, str], tuple[Any, Tensor]] = {}
+        # the ZeroRedundancyOptimizer that built `optimizer` over its partition, if any
+        self._zero = weakref.ref(zero) if zero is not None else None
+
+    def source(self, group: dict[str, Any]) -> dict[str, Any]:
+        """The group the terms are built from: under ZeRO the global group (all its
+        params, whose per-tensor options the local group shares), else the group itself."""
+        zero = self._zero() if self._zero is not None else None
+        if zero is None:
+            return group
+        index = next(i for i, g in enumerate(self.optimizer.param_groups) if g is group)
+        # ZeRO copies the options into the local group at every step; its own group
+        # lacks the defaults the local optimizer filled in
+        return {**group, "params": zero.param_groups[index]["params"]}
+
+    def _partition(self, source: dict[str, Any], group: dict[str, Any]) -> tuple[list[bool], Any] | None:
+        if source["params"] is group["params"]:
+            return None
+        local = {id(p) for p in group["params"]}
+        return [id(p) in local for p in source["params"]], self._zero().process_group
 
     def reset(self) -> None:
         """Forget cached terms and device copies (after ``load_state_dict``, which
@@ -306,8 +335,10 @@ class WGSEFProx:
 
     def terms(self, group: dict[str, Any]) -> ProxTerms:
         """The group's prox arguments, rebuilt only when its options or params change."""
+        local, group = group, self.source(group)
         k = group["k"]
         key = (
+            tuple(id(p) for p in local["params"]),
             tuple(id(p) for p in group["params"]),
             _identity(group["groups"]),
             _identity(group["weights"]),
@@ -316,10 +347,10 @@ class WGSEFProx:
             _identity(group.get("coupling")),
             tuple(group.get("term_sizes") or ()),
         )
-        cached = self._terms_by_group.get(id(group))
+        cached = self._terms_by_group.get(id(local))
         if cached is None or cached[0] != key:
-            cached = (key, ProxTerms(group))
-            self._terms_by_group[id(group)] = cached
+            cached = (key, ProxTerms(group, self._partition(group, local)))
+            self._terms_by_group[id(local)] = cached
         return cached[1]
 
     def forget(self, group: dict[str, Any]) -> None:
@@ -327,7 +358,7 @@ class WGSEFProx:
 
     def validate(self, group: dict[str, Any]) -> None:
         """Raise on a ``lam``, ``k``, ``groups`` or ``weights`` that does not fit the group."""
-        _check_lam(group["lam"], group)
+        _check_lam(group["lam"], self.source(group))
         if group["k"] is not None:
             self.terms(group)
 
@@ -339,7 +370,7 @@ class WGSEFProx:
         self.terms(group)
         lam = group["lam"]
         if not isinstance(lam, Tensor) or lam.device.type == "cpu":  # device values are not read back
-            _check_lam(lam, group)
+            _check_lam(lam, self.source(group))
 
     @staticmethod
     def regularized(group: dict[str, Any]) -> bool:
@@ -365,22 +396,18 @@ class WGSEFProx:
         params = group["params"]
         if group["k"] is None or not params or "support_mask" in state[params[-1]]:
             return
-        for p, m in zip(params, self.terms(group).num_groups):
+        terms = self.terms(group)
+        for p in params:
             if "support_mask" not in state[p]:
+                m = terms.num_groups[terms.position[id(p)]]
                 state[p]["support_mask"] = torch.ones(m, dtype=torch.bool, device=p.device)
 
     def agree(self, error: BaseException | None) -> None:
         """Before a step changes anything: on DTensor params, one small all-reduce makes
         every rank raise when one rank's checks failed or the ranks disagree on the
         groups, budgets, weights, ``lam`` or ``lr``; then raise `error` if any."""
-        sharded = [
-            p
-            for g in self.optimizer.param_groups
-            if g["k"] is not None and not self.is_frozen(g)
-            for p in g["params"]
-            if distributed.is_dtensor(p)
-        ]
-        if not sharded:
+        consensus = self._consensus()
+        if consensus is None:
             if error is not None:
                 raise error
             return
@@ -397,7 +424,23 @@ class WGSEFProx:
                         fingerprint[key].append(v.tolist() if isinstance(v, Tensor) else v)
             except (ValueError, TypeError, RuntimeError) as err:
                 error = err
-        distributed.agree(sharded[0].device_mesh, sharded[0].to_local().device, fingerprint, error)
+        distributed.agree(*consensus, fingerprint, error)
+
+    def _consensus(self) -> tuple[list, torch.device] | None:
+        """The process groups whose ranks must agree on a step's prox, and the device of
+        their collective; None on one process (or when no term needs the others)."""
+        active = [g for g in self.optimizer.param_groups if g["k"] is not None and not self.is_frozen(g)]
+        if not active:
+            return None
+        zero = self._zero() if self._zero is not None else None
+        if zero is not None:
+            params = [p for g in zero.param_groups for p in g["params"]]
+            return [zero.process_group], params[0].device if params else torch.device("cpu")
+        for p in (p for g in active for p in g["params"]):
+            if distributed.is_dtensor(p):
+                mesh = p.device_mesh
+                return [mesh.get_group(d) for d in range(mesh.ndim)], p.to_local().device
+        return None
 
     def on_device(self, group: dict[str, Any], name: str, device: torch.device) -> Tensor:
         """group[name] as a tensor on `device`: a tensor already there is used as is; a
@@ -420,21 +463,25 @@ class WGSEFProx:
     def step(self, group: dict[str, Any]) -> None:
         """After the base update: the prox (or the frozen support) on the group."""
         self.ensure_masks(group)
-        if group["params"] and (self.is_frozen(group) or self.regularized(group)):
-            self.apply(group, with_grad=[p.grad is not None for p in group["params"]])
+        params = self.source(group)["params"]  # under ZeRO, every rank's: shared terms need them all
+        if any(p.grad is not None for p in params) and (self.is_frozen(group) or self.regularized(group)):
+            self.apply(group)
 
-    def apply(self, group: dict[str, Any], with_grad: list[bool]) -> None:
+    def apply(self, group: dict[str, Any], every_param: bool = False) -> None:
         """The prox on the group's params; per-tensor terms skip params without a
-        gradient this step, a shared term always covers all of them."""
-        params = group["params"]
+        gradient this step (unless `every_param`), a shared term always covers all of them.
+        Under ZeRO a rank writes only the params it owns."""
+        params = self.source(group)["params"]
         terms = self.terms(group)
         state = self.optimizer.state
-        if self.is_frozen(group) and terms.sharded is not None:
+        if self.is_frozen(group) and terms.dtensors:
             terms.sharded.scale_(params, [state[p]["support_mask"] for p in params])
             return
         if self.is_frozen(group):
             views, scales = [], []
-            for p, (outer, m, inner), ids in zip(params, terms.layouts, terms.group_ids):
+            for p, (outer, m, inner), ids, owned in zip(params, terms.layouts, terms.group_ids, terms.owned):
+                if not owned:
+                    continue
                 mask = state[p]["support_mask"].to(p.dtype)
                 if ids is None:
                     views.append(p.view(outer, m, inner))
@@ -466,8 +513,13 @@ class WGSEFProx:
                 lr,
             )
             return
-        take = [True] * len(params) if terms.shared else with_grad
+        if terms.shared:
+            take = [True] * len(params)
+        else:
+            take = [owned and (every_param or p.grad is not None) for p, owned in zip(params, terms.owned)]
         chosen = [i for i, t in enumerate(take) if t]
+        if not chosen:
+            return
         if lam.numel() > 1 and not terms.shared and len(chosen) < len(params):
             if capturable:  # an index tensor already on the device: no copy in the step
                 key = (id(group), f"lam_index{tuple(chosen)}")
@@ -498,11 +550,12 @@ class WGSEFProx:
         """``sum_t lam_t * WGSEF_t`` over every term of every regularized group, float64, differentiable."""
         total = torch.zeros((), dtype=torch.float64)
         for group in self.optimizer.param_groups:
-            if group["k"] is None or not group["params"]:
+            params = self.source(group)["params"]
+            if group["k"] is None or not params:
                 continue
             terms = self.terms(group)
             lam = _as_tensor(group["lam"]).detach().double().cpu().reshape(-1)
-            for t, (norms, w, k) in enumerate(zip(terms.term_norms(group["params"]), terms.term_weights(), terms.k)):
+            for t, (norms, w, k) in enumerate(zip(terms.term_norms(params), terms.term_weights(), terms.k)):
                 strength = lam[0 if lam.numel() == 1 else t]
                 if strength == 0 or norms.numel() == 0:
                     continue
@@ -515,10 +568,10 @@ class WGSEFProx:
         """Keep the top-k groups of every term (ties to the lower index), zero the
         rest, and record the masks in the optimizer's state."""
         state = self.optimizer.state
-        regularized = [g for g in self.optimizer.param_groups if g["k"] is not None and g["params"]]
+        regularized = [g for g in self.optimizer.param_groups if g["k"] is not None and self.source(g)["params"]]
         for group in regularized:
             terms = self.terms(group)
-            params = group["params"]
+            params = self.source(group)["params"]
             masks = []
             for norms, w, k in zip(terms.term_norms(params), terms.term_weights(), terms.k):
                 score = norms if w is None else norms / w.to(norms).sqrt()
@@ -527,11 +580,20 @@ class WGSEFProx:
                 mask = torch.zeros_like(score, dtype=torch.bool)
                 mask[order[:k]] = True
                 masks.append(mask & (score > 0))
-            for p, mask in zip(params, terms.tensor_masks(masks)):
-                state[p]["support_mask"] = mask
+            for i, (p, mask, owned) in enumerate(zip(params, terms.tensor_masks(masks), terms.owned)):
+                if owned:
+                    state[p]["support_mask"] = mask
+                else:  # ZeRO: every rank holds every param, so each zeroes its copies too
+                    outer, m, inner = terms.layouts[i]
+                    ids = terms.group_ids[i]
+                    mask = mask.to(p.dtype)
+                    p.mul_(mask.view(1, m, 1).expand(outer, m, inner).reshape(p.shape) if ids is None else mask[ids])
             group["frozen"] = True
+            if self._zero is not None:  # ZeRO copies its own groups' options into the local ones at every step
+                index = next(i for i, g in enumerate(self.optimizer.param_groups) if g is group)
+                self._zero().param_groups[index]["frozen"] = True
         for group in regularized:
-            self.apply(group, with_grad=[True] * len(group["params"]))
+            self.apply(group, every_param=True)
 
     def support_masks(self) -> dict[Tensor, Tensor]:
         """The frozen support: each regularized param's bool mask over its own groups

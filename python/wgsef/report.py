@@ -103,6 +103,15 @@ def _coupled_rows(terms, params: list[torch.Tensor]) -> list[TensorSparsity]:
     return rows
 
 
+def _local_optimizer(source):
+    """A ZeroRedundancyOptimizer's own ProxSGD, whose terms span every rank's params."""
+    try:
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+    except ImportError:
+        return source
+    return source.optim if isinstance(source, ZeroRedundancyOptimizer) else source
+
+
 def sparsity_report(source, groups: GroupSpec = "filters") -> SparsityReport:
     """Groups kept and zero fraction per regularized tensor.
 
@@ -115,6 +124,7 @@ def sparsity_report(source, groups: GroupSpec = "filters") -> SparsityReport:
     """
     from .optim import ProxOptimizer, ProxSGD
 
+    source = _local_optimizer(source)
     report = SparsityReport()
     if isinstance(source, (ProxSGD, ProxOptimizer)):
         for group in source.param_groups:
@@ -122,12 +132,12 @@ def sparsity_report(source, groups: GroupSpec = "filters") -> SparsityReport:
                 continue
             terms = source.prox_terms(group)
             if terms.coupled:
-                report.extend(_coupled_rows(terms, group["params"]))
+                report.extend(_coupled_rows(terms, terms.params))
                 continue
-            if terms.sharded is not None:
-                report.extend(_sharded_rows(terms, group["params"]))
+            if terms.dtensors:
+                report.extend(_sharded_rows(terms, terms.params))
                 continue
-            for i, p in enumerate(group["params"]):
+            for i, p in enumerate(terms.params):
                 k = terms.k[0] if terms.shared else terms.k[i]
                 if terms.group_ids[i] is not None:
                     report.append(_row(terms.names[i], p, terms.group_ids[i], k))
