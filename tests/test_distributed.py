@@ -202,8 +202,9 @@ def _fsdp_worker(rank, world, mesh_shape, configs):
             ref_opt = wgsef.ProxOptimizer(torch.optim.AdamW(ref_groups, lr=0.05))
             opt = wgsef.ProxOptimizer(torch.optim.AdamW(groups, lr=0.05))
         else:
-            ref_opt = wgsef.ProxSGD(ref_groups, lr=0.1, momentum=0.9)
-            opt = wgsef.ProxSGD(groups, lr=0.1, momentum=0.9)
+            foreach = config == "shared_elements"  # foreach SGD on DTensors, too
+            ref_opt = wgsef.ProxSGD(ref_groups, lr=0.1, momentum=0.9, foreach=foreach)
+            opt = wgsef.ProxSGD(groups, lr=0.1, momentum=0.9, foreach=foreach)
         for step in range(6):
             x = batch(step, shape)
             for net, o in ((reference, ref_opt), (model, opt)):
@@ -343,6 +344,11 @@ def _bad_input_worker(rank, world):
             opt.step()
         after = _snapshot(model, opt)
         assert len(before) == len(after) and all(torch.equal(a, b) for a, b in zip(before, after))
+
+    model = _sharded_mlp(mesh)
+    for mode, match in (("fused", "fused: torch's fused SGD kernel"), ("capturable", "capturable: not with DTensor")):
+        with pytest.raises(ValueError, match=match):
+            wgsef.ProxSGD(groups_for("per_tensor", model), lr=0.1, momentum=0.9, **{mode: True})
 
     disagree(0, "lam", [0.5, 0.3, 0.9], ValueError, "lam: the ranks disagree")
     disagree(0, "k", [3, 4, 1], ValueError, "k: the ranks disagree")

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.sgd import sgd as sgd_functional
 
+from . import distributed
 from .groups import GroupSpec
 from .proximal import PROX_DEFAULTS, ProxTerms, WGSEFProx
 
@@ -211,6 +212,8 @@ class ProxSGD(Optimizer):
             raise TypeError(f"capturable: expected a bool, got {type(group['capturable']).__name__}")
         if group["capturable"] and group["fused"]:
             raise ValueError("fused: not with capturable=True (the capturable step runs its own foreach update)")
+        if group["fused"] and any(distributed.is_dtensor(p) for p in group["params"]):
+            raise ValueError("fused: torch's fused SGD kernel does not take DTensor params; use foreach=True")
         if group["capturable"] and len({p.device for p in group["params"]}) > 1:
             raise ValueError("capturable: the params of a param group must share one device")
         self._prox.validate(group)  # raises on lam, groups, weights or k that do not fit the parameters

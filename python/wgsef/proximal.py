@@ -359,8 +359,14 @@ class WGSEFProx:
     def validate(self, group: dict[str, Any]) -> None:
         """Raise on a ``lam``, ``k``, ``groups`` or ``weights`` that does not fit the group."""
         _check_lam(group["lam"], self.source(group))
-        if group["k"] is not None:
-            self.terms(group)
+        if group["k"] is None:
+            return
+        if group.get("capturable") and any(distributed.is_dtensor(p) for p in group["params"]):
+            raise ValueError(
+                "capturable: not with DTensor params (the sharded prox all-reduces and checks on the host "
+                "at every step)"
+            )
+        self.terms(group)
 
     def check_before_step(self, group: dict[str, Any], index: int) -> None:
         """What a step could reject, checked before anything changes: options changed
