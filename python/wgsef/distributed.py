@@ -128,17 +128,19 @@ class LocalGroups:
         else:
             self.group_index = index.to(device)
 
-    def squares(self, local: Tensor) -> Tensor:
-        """The shard's float64 sum of squares per global group (length num_groups)."""
-        out = torch.zeros(self.num_groups, dtype=torch.float64, device=local.device)
+    def squares(self, local: Tensor, out: Tensor | None = None) -> Tensor:
+        """The shard's float64 sum of squares per global group, added into `out`
+        (zeros of length num_groups, allocated when not given)."""
+        if out is None:
+            out = torch.zeros(self.num_groups, dtype=torch.float64, device=local.device)
         if local.numel() == 0:
             return out
         if self.local_ids is not None:
             norms = ops.group_norms(local.contiguous(), self.local_ids, self.num_groups)
-            return norms.double().square()
-        sq = ops.group_norms(local.reshape(self.view), None, self.view[1]).double().square()
+            return out.add_(norms.double().square_())
+        sq = ops.group_norms(local.reshape(self.view), None, self.view[1]).double().square_()
         if self.group_slice is not None:
-            out[self.group_slice] = sq
+            out[self.group_slice] += sq
         else:
             out.index_add_(0, self.group_index, sq)
         return out
@@ -159,7 +161,8 @@ class LocalGroups:
 
 
 def _local(x: Tensor) -> Tensor:
-    return x.to_local() if is_dtensor(x) else x
+    """The local shard, detached: the prox writes it in place without autograd."""
+    return x.to_local().detach() if is_dtensor(x) else x
 
 
 def _mesh_of(xs: Sequence[Tensor], name: str):
@@ -209,6 +212,22 @@ class ShardedGroups:
         self.reduce_groups = reduce_groups
         self.consensus_groups = consensus_groups  # every rank that must agree on a step
         self.device = device
+        # with strided layouts only, all tensors' local groups go through one gather and
+        # one scatter: their positions in the buffer of all groups, in tensor order
+        self.strided = all(g.view is not None for g in groups)
+        if self.strided:
+            offsets = [0]
+            for g in groups:
+                offsets.append(offsets[-1] + g.num_groups)
+            positions = [
+                torch.arange(g.group_slice.start, g.group_slice.stop) if g.group_slice is not None else g.group_index.cpu()
+                for g in groups
+            ]
+            self._positions = [p + o for p, o in zip(positions, offsets)]
+            self._local_sizes = [p.numel() for p in positions]
+            pick = lambda flags: torch.cat([p for p, f in zip(self._positions, flags) if f] or [torch.zeros(0, dtype=torch.int64)]).to(device)  # noqa: E731
+            self._gather = pick(contributes)
+            self._scatter = pick(writes)
 
     @classmethod
     def partitioned(
@@ -237,17 +256,51 @@ class ShardedGroups:
 
     def squares(self, xs: Sequence[Tensor], transform=None) -> list[Tensor]:
         """Each tensor's global float64 squared group norms (of ``transform(local
-        shard)`` if given), after one all-reduce."""
-        parts = []
-        for x, g, counts in zip(xs, self.groups, self.contributes):
-            local = _local(x).detach()
-            if transform is not None:
-                local = transform(local)
-            parts.append(g.squares(local) if counts else local.new_zeros(g.num_groups, dtype=torch.float64))
-        if not parts:
-            return []
-        buffer = self.all_reduce_(torch.cat(parts))
-        return list(buffer.split([g.num_groups for g in self.groups]))
+        shard)`` if given): views into one buffer, summed by one all-reduce."""
+        sizes = [g.num_groups for g in self.groups]
+        buffer = torch.zeros(sum(sizes), dtype=torch.float64, device=self.device)
+        parts = list(buffer.split(sizes))
+        if self.strided:
+            norms = []
+            for x, g, counts in zip(xs, self.groups, self.contributes):
+                if counts and g.view[1]:
+                    local = _local(x)
+                    local = local if transform is None else transform(local)
+                    norms.append(ops.group_norms(local.reshape(g.view), None, g.view[1]).double())
+            if norms:
+                buffer.index_add_(0, self._gather, torch.cat(norms).square_())
+        else:
+            for x, g, counts, part in zip(xs, self.groups, self.contributes, parts):
+                if counts:
+                    local = _local(x)
+                    g.squares(local if transform is None else transform(local), part)
+        self.all_reduce_(buffer)
+        return parts
+
+    def scale_all_(self, xs: Sequence[Tensor], factors: Tensor) -> None:
+        """Scale every tensor this rank writes by its groups' entries of `factors` (the
+        buffer of all groups, in tensor order)."""
+        per_tensor = factors.split([g.num_groups for g in self.groups])
+        if not self.strided:
+            return self.scale_(xs, per_tensor)
+        local_factors = iter(factors.index_select(0, self._scatter).split(
+            [n for n, w in zip(self._local_sizes, self.writes) if w]
+        ))
+        views, scales = [], []
+        for x, g, writes, whole in zip(xs, self.groups, self.writes, per_tensor):
+            if not writes:
+                continue
+            f = next(local_factors)
+            local = _local(x)
+            if local.numel() == 0:
+                continue
+            if local.is_contiguous():
+                views.append(local.view(g.view))
+                scales.append(f.to(local.dtype).view(1, -1, 1))
+            else:
+                g.scale_(local, whole)
+        if views:
+            torch._foreach_mul_(views, scales)
 
     def scale_(self, xs: Sequence[Tensor], factors: Sequence[Tensor]) -> None:
         for x, g, f, writes in zip(xs, self.groups, factors, self.writes):
@@ -303,7 +356,8 @@ def _hash(value: Any) -> int:
 def factors_from_norms(norms: Tensor, out: Tensor) -> Tensor:
     """The per-group factor of a prox computed on the norms themselves: a group whose
     norm z becomes z' was scaled by z'/z (zero groups stay zero, any factor does)."""
-    return torch.where(norms > 0, out / torch.where(norms > 0, norms, 1.0), 0.0)
+    positive = norms > 0
+    return out.div_(torch.where(positive, norms, 1.0)).mul_(positive)
 
 
 def prox_multi_(
@@ -316,12 +370,14 @@ def prox_multi_(
     shared: bool,
 ) -> None:
     """``ops.prox_multi_`` on sharded tensors: each tensor its own term, or one shared term."""
-    norms = [sq.sqrt() for sq in sharded.squares(xs)]
-    out = [z.clone() for z in norms]
-    layout = [v for z in norms for v in (1, z.numel(), 1)]
-    w = [None if d is None else d.to(device=z.device) for d, z in zip(weights, norms)] if weights else []
-    ops.prox_multi_(out, layout, [], w if any(d is not None for d in w) else [], list(k), lam, lr, shared)
-    sharded.scale_(xs, [factors_from_norms(z, o) for z, o in zip(norms, out)])
+    parts = sharded.squares(xs)
+    sizes = [z.numel() for z in parts]
+    norms = torch.cat(parts).sqrt_() if len(parts) > 1 else parts[0].sqrt_()
+    out = norms.clone()
+    layout = [v for m in sizes for v in (1, m, 1)]
+    w = [None if d is None else d.to(device=norms.device) for d in weights] if weights else []
+    ops.prox_multi_(list(out.split(sizes)), layout, [], w if any(d is not None for d in w) else [], list(k), lam, lr, shared)
+    sharded.scale_all_(xs, factors_from_norms(norms, out))
 
 
 def coupled_norms(sharded: ShardedGroups, xs: Sequence[Tensor], coupling: Sequence[Tensor], total: int) -> Tensor:

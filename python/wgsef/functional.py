@@ -210,6 +210,10 @@ def prox_(
     _check_k(k)
     lam_t = _lam_tensor(lam, x)
     if distributed.is_dtensor(x):
+        if x.requires_grad and torch.is_grad_enabled():
+            raise RuntimeError(
+                "x: a DTensor that requires grad cannot be changed in place; use wgsef.prox, or torch.no_grad()"
+            )
         return distributed.prox_(x, k, lam_t, *_resolve_sharded(x, groups, weights))
     _, layout, weights = _resolve(x, groups, weights)
     if layout.shape is None:
