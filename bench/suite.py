@@ -7,7 +7,8 @@ Writes <out>/suite_<device>.csv and .md (header: machine, torch, device, threads
 commit) and, with matplotlib installed, suite_<device>.png (time per element
 against size). Baselines: clone() and an in-place mul_() of the same memory (the
 floors), the pure-PyTorch ops of bench/baselines.py (checked equal to the native
-ones first), torch.optim.SGD(momentum=0.9, foreach=True). Figures: median and
+ones first), torch.optim.SGD(momentum=0.9, foreach=True), also under FSDP2 on two
+CPU ranks (bench/bench_distributed.py). Figures: median and
 interquartile range, of torch.utils.benchmark on the CPU and of CUDA events
 around blocks of calls on CUDA (bench/common.py).
 """
@@ -261,6 +262,28 @@ def optimizer_cases(s: Suite, name: str) -> None:
     )
 
 
+def distributed_cases(s: Suite, repeats: int) -> None:
+    """ProxSGD against SGD under FSDP2 on 2 CPU ranks (bench/bench_distributed.py)."""
+    import bench_distributed
+
+    for row in bench_distributed.measure(world=2, repeats=repeats):
+        for impl, ms in (("wgsef", row["proxsgd_ms"]), ("sgd", row["sgd_ms"])):
+            s.rows.append(
+                {
+                    "group": "distributed",
+                    "workload": f"{row['workload']}, FSDP2 2 ranks",
+                    "op": "step",
+                    "impl": impl,
+                    "elements": row["params"],
+                    "median_ms": ms,
+                    "iqr_ms": math.nan,
+                    "ns_per_element": ms * 1e6 / row["params"],
+                    "prox_payload_bytes": row["prox_payload_bytes"],
+                }
+            )
+        print(f"distributed {row['workload']:<28} step  wgsef {row['proxsgd_ms']:.2f} ms, sgd {row['sgd_ms']:.2f} ms")
+
+
 def nm_cases(s: Suite, shape: tuple[int, int]) -> None:
     w = s.tensor(shape)
     n = w.numel()
@@ -350,6 +373,8 @@ def main() -> None:
         for name in ["resnet50"] if args.quick else list(MODELS):
             model_cases(s, name)
         optimizer_cases(s, "resnet50")
+        if device.type == "cpu" and torch.distributed.is_available():
+            distributed_cases(s, 10 if args.quick else 30)
         coupled_cases(s)
         for shape in (
             [(4096, 4096)] if cuda and args.quick else [(2048, 2048)] if args.quick else [(4096, 4096), (4096, 25088)]

@@ -296,7 +296,35 @@ def _functional_worker(rank, world):
     odd = distribute_tensor(torch.randn(4, 12, dtype=torch.float64), mesh, [Shard(1)])  # shards of 6 columns
     with pytest.raises(ValueError, match="would span shards"):
         wgsef.nm_mask(odd, 2, 4, dim=1)
+    _nm_sparsifier_checks(mesh)
     return True
+
+
+def _nm_sparsifier_checks(mesh):
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    def net():
+        torch.manual_seed(5)
+        return nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4)).double()
+
+    x = batch(0, (5, 16))
+    schedule = lambda: wgsef.NMSchedule(2, 4, 10, "srste")  # noqa: E731  (hard 2:4 from the first step)
+    reference, sharded, fsdp = net(), net(), net()
+    ref_sparsifier = wgsef.NMSparsifier(reference, schedule())
+    for layer in (sharded[0], sharded[2]):  # tensor-parallel style: rows of each weight on different ranks
+        layer.weight = nn.Parameter(distribute_tensor(layer.weight.detach(), mesh, [Shard(0)]))
+    tp = wgsef.NMSparsifier(sharded, schedule())
+    for got, want in ((sharded[0].weight, reference[0].weight), (sharded[2].weight, reference[2].weight)):
+        assert got.placements == (Shard(0),)
+        torch.testing.assert_close(got.full_tensor(), want, rtol=0, atol=0)
+    wgsef.NMSparsifier(fsdp, schedule())
+    fully_shard(fsdp, mesh=mesh)  # FSDP2 gathers the weight before the parametrization sees it
+    torch.testing.assert_close(fsdp(x), reference(x), rtol=0, atol=1e-14)
+    tp.export(), ref_sparsifier.export()
+    for layer, want in ((sharded[0], reference[0]), (sharded[2], reference[2])):
+        assert layer.weight.placements == (Shard(0),)
+        torch.testing.assert_close(layer.weight.full_tensor(), want.weight, rtol=0, atol=0)
 
 
 def test_functional_api_and_nm_on_dtensors():

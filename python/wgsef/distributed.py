@@ -6,7 +6,7 @@ each rank sums the squares of its own shard per *global* group (float64), one
 ``all_reduce(SUM)`` over the mesh dimensions the tensors are sharded on completes
 the norms, every rank runs the same threshold search on the same numbers (so the
 factors are identical everywhere) and scales its own shard in place. Nothing is
-gathered: the collective moves 8 bytes per group (docs/design.md §9).
+gathered: the collective moves 8 bytes per group (docs/design.md §8).
 
 Plain tensors in such a term count as replicated over the mesh. ``Partial`` and
 strided-shard placements are rejected. Everything here is internal; the public
