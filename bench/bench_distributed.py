@@ -19,20 +19,16 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 
 import torch
 import torch.distributed as dist
+from common import header, write_results
 from torch import nn
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from common import header, write_results  # noqa: E402
-
-import wgsef  # noqa: E402
-from wgsef.model_shapes import MODELS  # noqa: E402
+import wgsef
+from wgsef.model_shapes import MODELS
 
 WORKLOADS = {  # name: (model, weights regularized, group spec)
     "ResNet-50 convs, filters": ("resnet50", lambda shape: len(shape) == 4, "filters"),
@@ -136,9 +132,7 @@ def measure(world: int = 2, repeats: int = 30) -> list[dict]:
     results = ctx.Queue()
     with tempfile.TemporaryDirectory() as tmp:
         init_file = os.path.join(tmp, "init")
-        procs = [
-            ctx.Process(target=_worker, args=(rank, world, init_file, repeats, results)) for rank in range(world)
-        ]
+        procs = [ctx.Process(target=_worker, args=(rank, world, init_file, repeats, results)) for rank in range(world)]
         for p in procs:
             p.start()
         rows = results.get(timeout=1800)

@@ -59,7 +59,9 @@ def run_ranks(world: int, worker, *args):
                 try:
                     rank, error, value = results.get(timeout=max(0.1, deadline - time.monotonic()))
                 except queue.Empty:
-                    raise AssertionError(f"ranks {sorted(set(range(world)) - set(out))} hung past {TIMEOUT} s") from None
+                    raise AssertionError(
+                        f"ranks {sorted(set(range(world)) - set(out))} hung past {TIMEOUT} s"
+                    ) from None
                 if error is not None:
                     errors.append(f"rank {rank}:\n{error}")
                 else:
@@ -345,7 +347,9 @@ def _sharded_mlp(mesh):
 
 def _snapshot(model, opt):
     tensors = [p.detach().to_local().clone() for p in model.parameters()]
-    tensors += [v.to_local().clone() if hasattr(v, "to_local") else v.clone() for s in opt.state.values() for v in s.values()]
+    tensors += [
+        v.to_local().clone() if hasattr(v, "to_local") else v.clone() for s in opt.state.values() for v in s.values()
+    ]
     return tensors
 
 
@@ -355,7 +359,11 @@ def _bad_input_worker(rank, world):
 
     mesh = init_device_mesh("cpu", (world,))
     partial = DTensor.from_local(torch.ones(4, 3, dtype=torch.float64), mesh, [Partial()])
-    for call in (lambda: wgsef.prox(partial, 1, 0.5), lambda: wgsef.group_norms(partial), lambda: wgsef.nm_mask(partial, 1, 3)):
+    for call in (
+        lambda: wgsef.prox(partial, 1, 0.5),
+        lambda: wgsef.group_norms(partial),
+        lambda: wgsef.nm_mask(partial, 1, 3),
+    ):
         with pytest.raises(ValueError, match=r"placement .*Partial.* is not supported"):
             call()
 
@@ -490,7 +498,7 @@ def _load_worker(rank, world, path, masks):
 def test_checkpoint_resume_and_reshard(tmp_path):
     before, after = str(tmp_path / "before"), str(tmp_path / "after")
     results = run_ranks(2, _checkpoint_worker, before, after)
-    masks, final = results[0]
+    masks, _ = results[0]
     assert all(r == results[0] for r in results)
     run_ranks(4, _load_worker, after, masks)  # another world size
     model = mlp()  # one process

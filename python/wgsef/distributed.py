@@ -192,7 +192,9 @@ class ShardedGroups:
         names: Sequence[str],
     ) -> None:
         mesh = _mesh_of(xs, "params")
-        groups = [LocalGroups(x, lay, ids, m, name) for x, lay, ids, m, name in zip(xs, layouts, group_ids, num_groups, names)]
+        groups = [
+            LocalGroups(x, lay, ids, m, name) for x, lay, ids, m, name in zip(xs, layouts, group_ids, num_groups, names)
+        ]
         reduce_dims = tuple(sorted({d for g in groups for d in g.shard_mesh_dims}))
         coordinate = mesh.get_coordinate()
         contributes = [all(coordinate[d] == 0 for d in reduce_dims if d not in g.shard_mesh_dims) for g in groups]
@@ -220,14 +222,19 @@ class ShardedGroups:
             for g in groups:
                 offsets.append(offsets[-1] + g.num_groups)
             positions = [
-                torch.arange(g.group_slice.start, g.group_slice.stop) if g.group_slice is not None else g.group_index.cpu()
+                torch.arange(g.group_slice.start, g.group_slice.stop)
+                if g.group_slice is not None
+                else g.group_index.cpu()
                 for g in groups
             ]
             self._positions = [p + o for p, o in zip(positions, offsets)]
             self._local_sizes = [p.numel() for p in positions]
-            pick = lambda flags: torch.cat([p for p, f in zip(self._positions, flags) if f] or [torch.zeros(0, dtype=torch.int64)]).to(device)  # noqa: E731
-            self._gather = pick(contributes)
-            self._scatter = pick(writes)
+            self._gather = self._positions_of(contributes)
+            self._scatter = self._positions_of(writes)
+
+    def _positions_of(self, flags: Sequence[bool]) -> Tensor:
+        chosen = [p for p, f in zip(self._positions, flags) if f]
+        return torch.cat(chosen).to(self.device) if chosen else torch.zeros(0, dtype=torch.int64, device=self.device)
 
     @classmethod
     def partitioned(
@@ -242,7 +249,9 @@ class ShardedGroups:
     ) -> ShardedGroups:
         """Whole tensors partitioned between ranks (ZeRO): rank r owns those marked in `owned`."""
         self = cls.__new__(cls)
-        groups = [LocalGroups(x, lay, ids, m, name) for x, lay, ids, m, name in zip(xs, layouts, group_ids, num_groups, names)]
+        groups = [
+            LocalGroups(x, lay, ids, m, name) for x, lay, ids, m, name in zip(xs, layouts, group_ids, num_groups, names)
+        ]
         device = xs[0].device if xs else torch.device("cpu")
         self._init(groups, list(owned), list(owned), [process_group], [process_group], device)
         return self
@@ -283,9 +292,9 @@ class ShardedGroups:
         per_tensor = factors.split([g.num_groups for g in self.groups])
         if not self.strided:
             return self.scale_(xs, per_tensor)
-        local_factors = iter(factors.index_select(0, self._scatter).split(
-            [n for n, w in zip(self._local_sizes, self.writes) if w]
-        ))
+        local_factors = iter(
+            factors.index_select(0, self._scatter).split([n for n, w in zip(self._local_sizes, self.writes) if w])
+        )
         views, scales = [], []
         for x, g, writes, whole in zip(xs, self.groups, self.writes, per_tensor):
             if not writes:
@@ -376,7 +385,9 @@ def prox_multi_(
     out = norms.clone()
     layout = [v for m in sizes for v in (1, m, 1)]
     w = [None if d is None else d.to(device=norms.device) for d in weights] if weights else []
-    ops.prox_multi_(list(out.split(sizes)), layout, [], w if any(d is not None for d in w) else [], list(k), lam, lr, shared)
+    ops.prox_multi_(
+        list(out.split(sizes)), layout, [], w if any(d is not None for d in w) else [], list(k), lam, lr, shared
+    )
     sharded.scale_all_(xs, factors_from_norms(norms, out))
 
 
@@ -439,7 +450,9 @@ def _value_and_factors(x: Tensor, k: int, layout, weights: Tensor | None, with_f
     value = ops.value(z, k, w, None, norms.numel())
     factors = None
     if with_factors:  # d_i / u_i: the gradient of WGSEF is x_i times its group's factor
-        grad_z = ops.value_backward(torch.ones((), dtype=torch.float64, device=norms.device), z, k, w, None, norms.numel())
+        grad_z = ops.value_backward(
+            torch.ones((), dtype=torch.float64, device=norms.device), z, k, w, None, norms.numel()
+        )
         factors = factors_from_norms(norms, grad_z.reshape(-1))
     return sharded, value, factors
 
@@ -490,7 +503,9 @@ def check_nm_shards(w: Tensor, m: int, dim: int, name: str = "w") -> None:
         return
     mesh_shape = tuple(w.device_mesh.shape)
     for coordinate in itertools.product(*(range(s) for s in mesh_shape)):
-        shape, offset = _compute_local_shape_and_global_offset(tuple(w.shape), mesh_shape, list(coordinate), w.placements)
+        shape, offset = _compute_local_shape_and_global_offset(
+            tuple(w.shape), mesh_shape, list(coordinate), w.placements
+        )
         if shape[d] % m or (shape[d] and offset[d] % m):
             raise ValueError(
                 f"{name}: a group of m={m} along dim {d} would span shards (the shard at mesh coordinate "
@@ -499,9 +514,8 @@ def check_nm_shards(w: Tensor, m: int, dim: int, name: str = "w") -> None:
             )
 
 
-def local_map(fn, w: Tensor, m: int, dim: int, *args):
-    """fn on w's local shard, each tensor output placed like w."""
+def on_local_shard(fn, w: Tensor, m: int, dim: int) -> Tensor:
+    """fn on w's local shard (N:M groups of m along dim inside it), placed like w."""
     check_nm_shards(w, m, dim)
-    out = fn(w.to_local(), *args)
-    wrap = lambda t: DTensor.from_local(t, w.device_mesh, w.placements, run_check=False, shape=w.shape, stride=w.stride())  # noqa: E731
-    return tuple(wrap(t) for t in out) if isinstance(out, tuple) else wrap(out)
+    out = fn(w.to_local())
+    return DTensor.from_local(out, w.device_mesh, w.placements, run_check=False, shape=w.shape, stride=w.stride())

@@ -53,7 +53,7 @@ def nm_mask(w: Tensor, n: int, m: int, dim: int = -1) -> Tensor:
     groups (``dim`` not last, e.g. conv input channels) are read in place.
     """
     if distributed.is_dtensor(w):  # groups inside the shards: each rank masks its own
-        return distributed.local_map(ops.nm_mask, w, m, dim, n, m, dim)
+        return distributed.on_local_shard(lambda local: ops.nm_mask(local, n, m, dim), w, m, dim)
     return ops.nm_mask(w, n, m, dim)
 
 
@@ -88,7 +88,7 @@ def nm_decay(
 
 def _nm_decay(w: Tensor, n: int, m: int, dim: int, decay: Tensor, grad_mode: str, srste_weight: float) -> Tensor:
     if distributed.is_dtensor(w):
-        return distributed.local_map(
+        return distributed.on_local_shard(
             lambda local: ops.nm_decay(local, n, m, dim, decay, grad_mode, srste_weight)[0], w, m, dim
         )
     return ops.nm_decay(w, n, m, dim, decay, grad_mode, srste_weight)[0]

@@ -70,7 +70,9 @@ def _sharded_rows(terms, params: list[torch.Tensor]) -> list[TensorSparsity]:
         zeros = terms.sharded.squares(params, _is_zero)
     return [
         TensorSparsity(name, tuple(p.shape), int((n > 0).sum()), n.numel(), k, float(z.sum()) / max(p.numel(), 1))
-        for name, p, n, z, k in zip(terms.names, params, norms, zeros, terms.k * len(params) if terms.shared else terms.k)
+        for name, p, n, z, k in zip(
+            terms.names, params, norms, zeros, terms.k * len(params) if terms.shared else terms.k
+        )
     ]
 
 
