@@ -216,6 +216,8 @@ def _fsdp_worker(rank, world, mesh_shape, configs):
                 if step == 3:
                     o.freeze_support()
             compare(model, reference, opt, ref_opt)
+            if step == 2:  # before the freeze; a collective
+                torch.testing.assert_close(opt.regularizer(), ref_opt.regularizer().detach(), rtol=1e-12, atol=0)
         report = str(wgsef.sparsity_report(opt))
         assert report == str(wgsef.sparsity_report(ref_opt)), config
     return True
@@ -280,6 +282,11 @@ def _functional_worker(rank, world):
             wgsef.value(ref, 3, groups, weights).backward()
             assert leaf.grad.placements == leaf.placements
             torch.testing.assert_close(leaf.grad.full_tensor(), ref.grad, rtol=1e-12, atol=1e-14)
+    # float32: the norms are summed in another order than in one process
+    x32 = x.float()
+    for placement in (Shard(0), Shard(1)):
+        got = wgsef.prox(distribute_tensor(x32, mesh, [placement]), 2, 0.3, "channels").full_tensor()
+        torch.testing.assert_close(got, wgsef.prox(x32, 2, 0.3, "channels"), rtol=1e-5, atol=1e-6)
     # N:M: groups of 4 along dim 1 lie inside Shard(0) shards and inside 8-column Shard(1) shards
     w = torch.randn(6, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     for placement in (Shard(0), Shard(1), Replicate()):

@@ -176,6 +176,27 @@ def test_freeze_support_gives_at_most_k_groups_per_term_and_shared_budget():
     assert sum(r.groups_kept for r in wgsef.sparsity_report(opt2)) <= 10
 
 
+def test_state_keys_are_the_same_before_and_after_the_freeze():
+    # masks exist (all True) from the first step, so a checkpoint from either side of
+    # the freeze has the keys the other expects (torch.distributed.checkpoint needs that)
+    model = small_model()
+    opt = wgsef.ProxSGD(wgsef.regularized_param_groups(model, k=0.5, lam=0.01), lr=0.05, momentum=0.9)
+    train(model, opt, 2)
+    before = copy.deepcopy(opt.state_dict())
+    keys = {i: sorted(st) for i, st in before["state"].items()}
+    reg = opt.param_groups[0]["params"]
+    assert all(opt.state[p]["support_mask"].all() for p in reg)
+    assert opt.support_masks() == {} and not opt.is_frozen()
+    opt.freeze_support()
+    after = opt.state_dict()
+    assert {i: sorted(st) for i, st in after["state"].items()} == keys
+    assert after["param_groups"][0]["frozen"] and not before["param_groups"][0]["frozen"]
+    opt.load_state_dict(before)  # into the frozen optimizer: not frozen any more
+    assert not opt.is_frozen() and opt.support_masks() == {}
+    opt.load_state_dict(after)
+    assert opt.is_frozen() and all(m.dtype == torch.bool for m in opt.support_masks().values())
+
+
 def test_checkpoint_resume_is_bit_exact():
     def make():
         m = small_model()
