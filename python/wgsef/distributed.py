@@ -16,6 +16,7 @@ route DTensors here.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import zlib
@@ -499,19 +500,27 @@ def check_nm_shards(w: Tensor, m: int, dim: int, name: str = "w") -> None:
     """Raise unless every shard boundary along `dim` falls between N:M groups of m."""
     check_placements(w, name)
     d = dim % w.dim()
-    if not any(isinstance(pl, Shard) and pl.dim == d for pl in w.placements):
-        return
-    mesh_shape = tuple(w.device_mesh.shape)
-    for coordinate in itertools.product(*(range(s) for s in mesh_shape)):
-        shape, offset = _compute_local_shape_and_global_offset(
-            tuple(w.shape), mesh_shape, list(coordinate), w.placements
-        )
-        if shape[d] % m or (shape[d] and offset[d] % m):
+    if any(isinstance(pl, Shard) and pl.dim == d for pl in w.placements):
+        bad = _first_split_group(tuple(w.shape), tuple(w.device_mesh.shape), tuple(w.placements), m, d)
+        if bad is not None:
+            coordinate, begin, end = bad
             raise ValueError(
                 f"{name}: a group of m={m} along dim {d} would span shards (the shard at mesh coordinate "
-                f"{coordinate} holds [{offset[d]}, {offset[d] + shape[d]})); shard another dim, or make every "
-                f"shard's size along dim {d} a multiple of {m}"
+                f"{coordinate} holds [{begin}, {end})); shard another dim, or make every shard's size "
+                f"along dim {d} a multiple of {m}"
             )
+
+
+@functools.lru_cache(maxsize=256)
+def _first_split_group(shape, mesh_shape, placements, m: int, d: int):
+    """The first shard (mesh coordinate, begin, end along d) whose bounds split a group
+    of m, or None; every rank computes every shard, so all of them raise alike. Cached:
+    a parametrization asks at every forward pass."""
+    for coordinate in itertools.product(*(range(s) for s in mesh_shape)):
+        local, offset = _compute_local_shape_and_global_offset(shape, mesh_shape, list(coordinate), placements)
+        if local[d] % m or (local[d] and offset[d] % m):
+            return coordinate, offset[d], offset[d] + local[d]
+    return None
 
 
 def on_local_shard(fn, w: Tensor, m: int, dim: int) -> Tensor:
