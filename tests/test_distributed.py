@@ -555,5 +555,23 @@ def _zero_worker(rank, world, configs):
     return True
 
 
+def _zero_adamw_worker(rank, world):
+    # any base optimizer: ProxOptimizer over ZeRO, whose step leaves every rank with
+    # every param, so each rank runs the same prox on all of them
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+    from torch.nn.parallel import DistributedDataParallel
+
+    for config in ("per_tensor", "shared_elements"):
+        reference, model = mlp(), mlp()
+        ref_opt = wgsef.ProxOptimizer(torch.optim.AdamW(groups_for(config, reference), lr=0.05))
+        zero = ZeroRedundancyOptimizer(groups_for(config, model), optimizer_class=torch.optim.AdamW, lr=0.05)
+        opt = wgsef.ProxOptimizer(zero)
+        train(reference, ref_opt, 6, freeze_at=3)
+        train(DistributedDataParallel(model), opt, 6, freeze_at=3)
+        compare(model, reference, opt, ref_opt)
+    return True
+
+
 def test_zero_redundancy_optimizer_matches_one_process():
     run_ranks(2, _zero_worker, ["per_tensor", "shared_elements", "ids_weights", "coupled"])
+    run_ranks(2, _zero_adamw_worker)
