@@ -575,3 +575,121 @@ def _zero_adamw_worker(rank, world):
 def test_zero_redundancy_optimizer_matches_one_process():
     run_ranks(2, _zero_worker, ["per_tensor", "shared_elements", "ids_weights", "coupled"])
     run_ranks(2, _zero_adamw_worker)
+
+
+# -- cases an adversarial pass found --------------------------------------------------
+
+
+def _sharded_param(x, mesh, placement):
+    from torch.distributed.tensor import distribute_tensor
+
+    p = nn.Parameter(distribute_tensor(x.clone(), mesh, [placement]))
+    p.grad = distribute_tensor(torch.full_like(x, 0.1), mesh, [placement])
+    return p
+
+
+def _edge_worker(rank, world):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (world,))
+    gen = torch.Generator().manual_seed(11)
+    # id groups outnumbering a shard's elements (rows 3 + 2 of 4: 12 and 8 elements, 10 groups)
+    x = torch.randn(5, 4, dtype=torch.float64, generator=gen)
+    ids = torch.arange(20).reshape(5, 4) % 10
+    d = distribute_tensor(x, mesh, [Shard(0)])
+    torch.testing.assert_close(wgsef.group_norms(d, ids).to_local(), wgsef.group_norms(x, ids), rtol=1e-13, atol=0)
+    torch.testing.assert_close(wgsef.prox(d, 3, 0.4, ids).full_tensor(), wgsef.prox(x, 3, 0.4, ids), rtol=0, atol=1e-12)
+    # group ids, weights and lam given as DTensors are gathered
+    lam = distribute_tensor(torch.tensor(0.4, dtype=torch.float64), mesh, [Replicate()])
+    got = wgsef.prox(d, 3, lam, distribute_tensor(ids, mesh, [Shard(0)]))
+    torch.testing.assert_close(got.full_tensor(), wgsef.prox(x, 3, 0.4, ids), rtol=0, atol=1e-12)
+    plain = nn.Parameter(x.clone())
+    plain.grad = torch.full_like(x, 0.1)
+    weights = torch.linspace(0.5, 2.0, 10, dtype=torch.float64)
+    opts = [
+        wgsef.ProxSGD([{"params": [p], "groups": [ids], "weights": [w], "k": 3, "lam": 2.0}], lr=0.1)
+        for p, w in (
+            (_sharded_param(x, mesh, Shard(0)), distribute_tensor(weights, mesh, [Shard(0)])),
+            (plain, weights),
+        )
+    ]
+    for o in opts:
+        o.step()
+    torch.testing.assert_close(full(opts[0].param_groups[0]["params"][0]), plain.detach(), rtol=0, atol=1e-12)
+    # a 32-bit group norm beyond float32's range
+    big = torch.zeros(4, 4)
+    big[0, :2] = 3e38
+    got = wgsef.prox(distribute_tensor(big, mesh, [Shard(1)]), 1, 0.5).full_tensor()
+    torch.testing.assert_close(got, wgsef.prox(big, 1, 0.5))
+    # regularizer() of a group mixing DTensor and plain params (plain ones add on one rank)
+    a = _sharded_param(torch.randn(4, 3, dtype=torch.float64, generator=gen), mesh, Shard(0))
+    b = nn.Parameter(torch.randn(5, 3, dtype=torch.float64, generator=gen))
+    ref = [nn.Parameter(full(a).clone()), nn.Parameter(b.detach().clone())]
+    reg = wgsef.ProxSGD([{"params": [a, b], "k": [2, 2], "lam": 0.5}], lr=0.1).regularizer()
+    want = wgsef.ProxSGD([{"params": ref, "k": [2, 2], "lam": 0.5}], lr=0.1).regularizer()
+    torch.testing.assert_close(reg.detach(), want.detach(), rtol=1e-12, atol=0)
+    # sparsity_report of an FSDP2 model: zero counts over the whole tensors
+    model, reference = _sharded_mlp(mesh), mlp()
+    with torch.no_grad():
+        for p, q in zip(model.parameters(), reference.parameters()):
+            p.to_local()[::2] = 0
+            q.copy_(full(p))
+    assert str(wgsef.sparsity_report(model)) == str(wgsef.sparsity_report(reference))
+
+    # ranks that pass different id contents or weights are caught before anything is written
+    def differing(key, mine):
+        model = _sharded_mlp(mesh)
+        groups = groups_for("ids_weights", model)
+        groups[0][key] = mine
+        opt = wgsef.ProxSGD(groups, lr=0.1, momentum=0.9)
+        model(batch(0)).square().mean().backward()
+        before = [p.detach().to_local().clone() for p in model.parameters()]
+        with pytest.raises(ValueError, match=f"{key}: the ranks disagree"):
+            opt.step()
+        assert all(torch.equal(p.detach().to_local(), q) for p, q in zip(model.parameters(), before))
+
+    ids0 = torch.arange(120).reshape(10, 12) % 9
+    differing("groups", [ids0 if rank == 0 else ids0.flip(0), "filters"])
+    w0 = torch.linspace(0.5, 2.0, 9, dtype=torch.float64)
+    differing("weights", [w0 if rank == 0 else w0.flip(0), torch.linspace(1.0, 3.0, 5, dtype=torch.float64)])
+    return True
+
+
+def test_edge_cases_on_dtensors():
+    run_ranks(2, _edge_worker)
+
+
+def _zero_empty_partition_worker(rank, world):
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+    from torch.nn.parallel import DistributedDataParallel
+
+    for shared in (False, True):
+        reference, model = mlp(), mlp()
+
+        def groups(m):  # a one-param group: one rank's partition of it is empty
+            weights, _, others = linear_weights(m)
+            return [
+                {"params": [weights[0]], "k": 4, "lam": 0.5, "shared_k": shared},
+                {"params": weights[1:], "k": [3, 2], "lam": 0.5},
+                {"params": others, "k": None},
+            ]
+
+        ref_opt = wgsef.ProxSGD(groups(reference), lr=0.1, momentum=0.9)
+        zero = ZeroRedundancyOptimizer(groups(model), optimizer_class=wgsef.ProxSGD, lr=0.1, momentum=0.9)
+        ddp = DistributedDataParallel(model)
+        for step in range(5):
+            for net, o in ((reference, ref_opt), (ddp, zero)):
+                o.zero_grad()
+                net(batch(step)).square().mean().backward()
+                o.step()
+                if step == 2:
+                    (o.optim if o is zero else o).freeze_support()
+            for p, q in zip(model.parameters(), reference.parameters()):
+                torch.testing.assert_close(p.detach(), q.detach(), rtol=0, atol=1e-12)
+        assert zero.optim.is_frozen()
+    return True
+
+
+def test_zero_with_an_empty_partition():
+    run_ranks(2, _zero_empty_partition_worker)

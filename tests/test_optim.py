@@ -542,3 +542,9 @@ def test_a_budget_changed_to_an_invalid_value_raises_before_the_update():
     with pytest.raises(ValueError, match="exceeds the number of groups"):
         opt.step()
     assert torch.equal(w.detach(), before) and torch.equal(opt.state[w]["momentum_buffer"], buffer)
+
+
+def test_two_dimensional_weights_raise_at_construction():
+    w = nn.Parameter(torch.randn(10, 3))
+    with pytest.raises(ValueError, match=r"weights: expected a 1-D tensor for params\[0\], got shape \(2, 5\)"):
+        wgsef.ProxSGD([{"params": [w], "k": 3, "lam": 0.1, "weights": [torch.ones(2, 5)]}], lr=0.1)

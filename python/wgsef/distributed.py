@@ -105,17 +105,18 @@ class LocalGroups:
         self.group_slice: slice | None = None
         self.group_index: Tensor | None = None
         self.local_ids: Tensor | None = None
+        self.used_groups: Tensor | None = None
         if group_ids is not None:
             ids = group_ids.full_tensor() if is_dtensor(group_ids) else group_ids
             box = tuple(slice(o, o + n) for o, n in zip(offset, shape))
-            self.local_ids = ids[box].to(device=device, dtype=torch.int64).contiguous()
+            self._set_local_ids(ids[box].to(device=device, dtype=torch.int64))
             return
         split = _dim_split(tuple(x.shape), layout)
         if split is None:  # per-element global ids of the local box
             flat = torch.zeros((), dtype=torch.int64, device=device)
             for size, o, n in zip(x.shape, offset, shape):
                 flat = flat.unsqueeze(-1) * size + torch.arange(o, o + n, device=device)
-            self.local_ids = (flat // layout[2]) % layout[1]
+            self._set_local_ids((flat // layout[2]) % layout[1])
             return
         a, b = split
         self.view = (math.prod(shape[:a]), math.prod(shape[a:b]), math.prod(shape[b:]))
@@ -129,6 +130,13 @@ class LocalGroups:
         else:
             self.group_index = index.to(device)
 
+    def _set_local_ids(self, ids: Tensor) -> None:
+        """Per-element global ids, and the groups the shard holds renumbered 0..u-1: a
+        shard may hold fewer elements than there are groups."""
+        self.local_ids = ids.contiguous()
+        self.used_groups, inverse = torch.unique(self.local_ids, return_inverse=True)
+        self._local_group_of = inverse.reshape(self.local_ids.shape)
+
     def squares(self, local: Tensor, out: Tensor | None = None) -> Tensor:
         """The shard's float64 sum of squares per global group, added into `out`
         (zeros of length num_groups, allocated when not given)."""
@@ -137,9 +145,9 @@ class LocalGroups:
         if local.numel() == 0:
             return out
         if self.local_ids is not None:
-            norms = ops.group_norms(local.contiguous(), self.local_ids, self.num_groups)
-            return out.add_(norms.double().square_())
-        sq = ops.group_norms(local.reshape(self.view), None, self.view[1]).double().square_()
+            norms = _norms(local.contiguous(), self._local_group_of, self.used_groups.numel())
+            return out.index_add_(0, self.used_groups, norms.square_())
+        sq = _norms(local.reshape(self.view), None, self.view[1]).square_()
         if self.group_slice is not None:
             out[self.group_slice] += sq
         else:
@@ -162,8 +170,18 @@ class LocalGroups:
 
 
 def _local(x: Tensor) -> Tensor:
-    """The local shard, detached: the prox writes it in place without autograd."""
-    return x.to_local().detach() if is_dtensor(x) else x
+    """The local shard (a plain tensor: itself), detached: the prox writes it in place
+    without autograd, and sums of squares carry no graph."""
+    return (x.to_local() if is_dtensor(x) else x).detach()
+
+
+def _norms(x: Tensor, group_ids: Tensor | None, num_groups: int) -> Tensor:
+    """float64 group norms; a 16- or 32-bit norm that overflowed is computed again from
+    float64 values (one check, so no host synchronisation per tensor)."""
+    norms = ops.group_norms(x, group_ids, num_groups)
+    if norms.dtype != torch.float64 and bool(torch.isinf(norms).any()):
+        return ops.group_norms(x.double(), group_ids, num_groups)
+    return norms.double()
 
 
 def _mesh_of(xs: Sequence[Tensor], name: str):
@@ -276,9 +294,12 @@ class ShardedGroups:
                 if counts and g.view[1]:
                     local = _local(x)
                     local = local if transform is None else transform(local)
-                    norms.append(ops.group_norms(local.reshape(g.view), None, g.view[1]).double())
+                    norms.append((local.reshape(g.view), g.view[1]))
             if norms:
-                buffer.index_add_(0, self._gather, torch.cat(norms).square_())
+                values = [ops.group_norms(v, None, m) for v, m in norms]
+                if any(v.dtype != torch.float64 for v in values) and bool(torch.isinf(torch.cat(values)).any()):
+                    values = [ops.group_norms(v.double(), None, m) for v, m in norms]  # a 32-bit norm overflowed
+                buffer.index_add_(0, self._gather, torch.cat(values).double().square_())
         else:
             for x, g, counts, part in zip(xs, self.groups, self.contributes, parts):
                 if counts:

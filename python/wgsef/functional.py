@@ -37,6 +37,8 @@ def _check_k(k: int) -> int:
 
 
 def _lam_tensor(lam: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    if distributed.is_dtensor(lam):
+        lam = lam.full_tensor()
     if isinstance(lam, torch.Tensor):
         if lam.device != x.device and lam.device.type != "cpu":
             raise ValueError(f"lam: expected a tensor on the CPU or on x's device {x.device}, got {lam.device}")
@@ -90,6 +92,8 @@ def _resolve_sharded(x: torch.Tensor, groups: GroupSpec, weights):
     """The layout of a DTensor's global shape and its weights (a DTensor of weights
     is gathered: every rank needs all of them)."""
     distributed.check_placements(x, "x")
+    if distributed.is_dtensor(groups):
+        groups = groups.full_tensor()  # group ids: every rank needs them whole
     if distributed.is_dtensor(weights):
         weights = weights.full_tensor()
     weights = _weights_tensor(weights, x)
@@ -116,9 +120,9 @@ def group_norms(x: torch.Tensor, groups: GroupSpec = "filters") -> torch.Tensor:
         16-bit inputs, else x's dtype. Blocks of 256 squares are summed in float
         lanes (float64 for float64 inputs), the blocks in float64. O(n) time.
     """
-    layout = group_layout(x, groups)
     if distributed.is_dtensor(x):
-        return distributed.group_norms(x, layout)
+        return distributed.group_norms(x, _resolve_sharded(x, groups, None)[0])
+    layout = group_layout(x, groups)
     if layout.shape is not None:
         return ops.group_norms(x.reshape(layout.shape), None, layout.num_groups)
     if layout.num_groups > x.numel():  # most groups empty: norms of the used ones, put in place

@@ -320,7 +320,7 @@ class ProxSGD(Optimizer):
 
     def is_frozen(self) -> bool:
         """Whether :meth:`freeze_support` has fixed the support of the regularized groups."""
-        return any(self._prox.is_frozen(g) for g in self.param_groups if g["params"])
+        return any(self._prox.is_frozen(g) for g in self.param_groups)
 
     def support_masks(self) -> dict[Tensor, Tensor]:
         """Each regularized param's frozen support: a bool mask over its own groups
@@ -501,7 +501,7 @@ class ProxOptimizer(Optimizer):
 
     def is_frozen(self) -> bool:
         """Whether :meth:`freeze_support` has fixed the support."""
-        return any(self._prox.is_frozen(g) for g in self.param_groups if g["params"])
+        return any(self._prox.is_frozen(g) for g in self.param_groups)
 
     def support_masks(self) -> dict[Tensor, Tensor]:
         """Each regularized param's frozen support: a bool mask over its own groups."""

@@ -98,6 +98,8 @@ class ProxTerms:
         self.weights: list[Tensor | None] = []
         self.num_groups: list[int] = []
         for p, spec, w, name in zip(params, specs, weights, names):
+            if distributed.is_dtensor(spec):
+                spec = spec.full_tensor()  # group ids: every rank needs them whole
             w = _weight_tensor(w, p.device, name)
             try:
                 layout = group_layout(p, spec, w)
@@ -170,10 +172,18 @@ class ProxTerms:
         """What every rank must agree on: the group structure, budgets and weights."""
         weights = self.coupled_weights if self.coupled else self.weights
         weights = [weights] if not isinstance(weights, list) else weights
+        coupling = getattr(self, "coupling", [])
         return {
-            "groups": (self.layouts, self.num_groups, self.shared, getattr(self, "term_sizes", None)),
+            "groups": (
+                self.layouts,
+                self.num_groups,
+                self.shared,
+                getattr(self, "term_sizes", None),
+                [_content(ids) for ids in self.group_ids],
+                [_content(c) for c in coupling],
+            ),
             "k": self.k,
-            "weights": [None if w is None else (tuple(w.shape), float(w.double().sum())) for w in weights],
+            "weights": [_content(w) for w in weights],
         }
 
     def term_norms(self, params: Sequence[Tensor]) -> list[Tensor]:
@@ -224,6 +234,16 @@ class ProxTerms:
         return list(torch.split(term_masks[0], self.num_groups)) if self.shared else list(term_masks)
 
 
+def _content(t: Tensor | None) -> tuple | None:
+    """A tensor's shape, sum and position-weighted sum: equal on ranks that hold the
+    same values (a reordering or a changed entry changes the last)."""
+    if t is None:
+        return None
+    flat = t.detach().reshape(-1).double()
+    position = torch.arange(1, flat.numel() + 1, dtype=torch.float64, device=flat.device)
+    return tuple(t.shape), float(flat.sum()), float((flat * position).sum())
+
+
 def _sqrt(squares: Tensor) -> Tensor:
     """sqrt with a zero gradient at 0 (the subgradient WGSEF's gradient uses there)."""
     positive = squares > 0
@@ -235,6 +255,8 @@ def _is_int(v: Any) -> bool:
 
 
 def _weight_tensor(w: Any, device: torch.device | None, name: str) -> Tensor | None:
+    if distributed.is_dtensor(w):
+        return w.full_tensor()  # every rank searches over all groups
     if w is None or isinstance(w, Tensor):
         return w
     try:
@@ -244,6 +266,8 @@ def _weight_tensor(w: Any, device: torch.device | None, name: str) -> Tensor | N
 
 
 def _check_weights(w: Tensor, num_groups: int, name: str) -> Tensor:
+    if w.dim() != 1:
+        raise ValueError(f"weights: expected a 1-D tensor for {name}, got shape {tuple(w.shape)}")
     if w.numel() != num_groups:
         raise ValueError(f"weights: {name} has {num_groups} groups, got {w.numel()} weights")
     if not bool((w > 0).all() and torch.isfinite(w).all()):
@@ -388,11 +412,12 @@ class WGSEFProx:
         return any(v != 0 for v in (lam if isinstance(lam, (list, tuple)) else [lam]))
 
     def is_frozen(self, group: dict[str, Any]) -> bool:
-        if group["k"] is None or not group["params"]:
+        if group["k"] is None:
             return False
-        if "frozen" in group:
+        if "frozen" in group:  # the flag, also for a ZeRO rank whose partition of the group is empty
             return bool(group["frozen"])
-        return "support_mask" in self.optimizer.state[group["params"][0]]  # a checkpoint from before the flag
+        params = group["params"]  # a checkpoint from before the flag: frozen when masks exist
+        return bool(params) and "support_mask" in self.optimizer.state[params[0]]
 
     def ensure_masks(self, group: dict[str, Any]) -> None:
         """Give every param of a group with a budget its support mask (all True until
@@ -421,7 +446,7 @@ class WGSEFProx:
         if error is None:
             try:
                 for g in self.optimizer.param_groups:
-                    if g["k"] is None or self.is_frozen(g) or not g["params"]:
+                    if g["k"] is None or self.is_frozen(g) or not self.source(g)["params"]:
                         continue
                     for key, value in self.terms(g).fingerprint.items():
                         fingerprint[key].append(value)

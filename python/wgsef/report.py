@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import functional
+from . import distributed, functional
 from .groups import GroupSpec
 
 __all__ = ["SparsityReport", "TensorSparsity", "sparsity_report"]
@@ -53,7 +53,12 @@ class SparsityReport(list):
 def _row(name: str, p: torch.Tensor, spec: GroupSpec, k: int | None, shape=None) -> TensorSparsity:
     with torch.no_grad():
         norms = functional.group_norms(p.detach(), spec)
-        zero = float((p == 0).sum()) / max(p.numel(), 1)
+        zeros = (p.detach() == 0).sum()
+        if distributed.is_dtensor(zeros):  # a partial sum on each rank: complete it
+            zeros = zeros.full_tensor()
+        if distributed.is_dtensor(norms):
+            norms = norms.to_local()
+        zero = float(zeros) / max(p.numel(), 1)
     shape = tuple(p.shape) if shape is None else shape
     return TensorSparsity(name, shape, int((norms > 0).sum()), norms.numel(), k, zero)
 
