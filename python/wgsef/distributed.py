@@ -172,7 +172,12 @@ class LocalGroups:
 def _local(x: Tensor) -> Tensor:
     """The local shard (a plain tensor: itself), detached: the prox writes it in place
     without autograd, and sums of squares carry no graph."""
-    return (x.to_local() if is_dtensor(x) else x).detach()
+    if is_dtensor(x):
+        # the storage itself: to_local() would add an autograd node per call, twice per
+        # tensor and step
+        local = getattr(x, "_local_tensor", None)
+        return (x.to_local() if local is None else local).detach()
+    return x.detach()
 
 
 def _norms(x: Tensor, group_ids: Tensor | None, num_groups: int) -> Tensor:
