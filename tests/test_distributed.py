@@ -137,15 +137,23 @@ def batch(step: int, shape=(16, 12)) -> torch.Tensor:
     return torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(100 + step))
 
 
-def train(model, opt, steps: int, freeze_at: int, shape=(16, 12), check=None) -> None:
-    for step in range(steps):
-        opt.zero_grad()
-        model(batch(step, shape)).square().mean().backward()
-        opt.step()
-        if step == freeze_at:
-            opt.freeze_support()
-        if check is not None:
-            check(step)
+def side_by_side(runs, steps: int | range, freeze_at: int, shape=(16, 12), after_step=None) -> None:
+    """Train (model, optimizer, freeze) runs in lockstep on the same batches (batch i at
+    step i; `steps` a count or a range of step indices)."""
+    for step in range(steps) if isinstance(steps, int) else steps:
+        x = batch(step, shape)
+        for net, opt, freeze in runs:
+            opt.zero_grad()
+            net(x).square().mean().backward()
+            opt.step()
+            if step == freeze_at:
+                freeze()
+        if after_step is not None:
+            after_step(step)
+
+
+def train(model, opt, steps: int | range, freeze_at: int = -1) -> None:
+    side_by_side([(model, opt, opt.freeze_support)], steps, freeze_at)
 
 
 def full(p: torch.Tensor) -> torch.Tensor:
@@ -186,20 +194,20 @@ def _fsdp_worker(rank, world, mesh_shape, configs):
     names = ("replicate", "shard") if len(mesh_shape) == 2 else None  # HSDP: replicate x shard
     mesh = init_device_mesh("cpu", mesh_shape, mesh_dim_names=names)
     for config in configs:
-        base = "adamw" if config == "adamw" else config
-        reference, model = (ResidualNet(), ResidualNet()) if base == "coupled" else (mlp(), mlp())
-        shape = (4, 3, 6, 6) if base == "coupled" else (16, 12)
-        if base == "coupled":
+        coupled = config == "coupled"
+        reference, model = (ResidualNet(), ResidualNet()) if coupled else (mlp(), mlp())
+        shape = (4, 3, 6, 6) if coupled else (16, 12)
+        if coupled:
             ref_groups = wgsef.coupled_param_groups(reference.double(), batch(0, shape), k=0.5, lam=0.5)
             groups = wgsef.coupled_param_groups(model.double(), batch(0, shape), k=0.5, lam=0.5)
         for layer in [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]:
             fully_shard(layer, mesh=mesh)
         fully_shard(model, mesh=mesh)
-        if base == "coupled":
+        if coupled:
             groups = wgsef.rebind_param_groups(groups, model)
         else:
-            ref_groups, groups = groups_for("per_tensor" if base == "adamw" else base, reference), None
-            groups = groups_for("per_tensor" if base == "adamw" else base, model)
+            spec = "per_tensor" if config == "adamw" else config
+            ref_groups, groups = groups_for(spec, reference), groups_for(spec, model)
         if config == "adamw":
             ref_opt = wgsef.ProxOptimizer(torch.optim.AdamW(ref_groups, lr=0.05))
             opt = wgsef.ProxOptimizer(torch.optim.AdamW(groups, lr=0.05))
@@ -207,17 +215,14 @@ def _fsdp_worker(rank, world, mesh_shape, configs):
             foreach = config == "shared_elements"  # foreach SGD on DTensors, too
             ref_opt = wgsef.ProxSGD(ref_groups, lr=0.1, momentum=0.9, foreach=foreach)
             opt = wgsef.ProxSGD(groups, lr=0.1, momentum=0.9, foreach=foreach)
-        for step in range(6):
-            x = batch(step, shape)
-            for net, o in ((reference, ref_opt), (model, opt)):
-                o.zero_grad()
-                net(x).square().mean().backward()
-                o.step()
-                if step == 3:
-                    o.freeze_support()
+
+        def check(step):
             compare(model, reference, opt, ref_opt)
             if step == 2:  # before the freeze; a collective
                 torch.testing.assert_close(opt.regularizer(), ref_opt.regularizer().detach(), rtol=1e-12, atol=0)
+
+        runs = [(reference, ref_opt, ref_opt.freeze_support), (model, opt, opt.freeze_support)]
+        side_by_side(runs, 6, freeze_at=3, shape=shape, after_step=check)
         report = str(wgsef.sparsity_report(opt))
         assert report == str(wgsef.sparsity_report(ref_opt)), config
     return True
@@ -446,15 +451,6 @@ def _load(model, opt, path):
     set_state_dict(model, opt, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
 
 
-def _train_steps(model, opt, steps, freeze_at=-1):
-    for step in steps:
-        opt.zero_grad()
-        model(batch(step)).square().mean().backward()
-        opt.step()
-        if step == freeze_at:
-            opt.freeze_support()
-
-
 def _checkpoint_worker(rank, world, before, after):
     import torch.distributed.checkpoint as dcp
     from torch.distributed.device_mesh import init_device_mesh
@@ -466,28 +462,28 @@ def _checkpoint_worker(rank, world, before, after):
         return model, wgsef.ProxSGD(groups_for("per_tensor", model), lr=0.1, momentum=0.9)
 
     model, opt = fresh()
-    _train_steps(model, opt, range(3))
+    train(model, opt, range(3))
     dcp.save(_state(model, opt), checkpoint_id=before)  # before the freeze
-    _train_steps(model, opt, range(3, 6), freeze_at=3)
+    train(model, opt, range(3, 6), freeze_at=3)
     dcp.save(_state(model, opt), checkpoint_id=after)
     masks = [m.clone() for m in opt.support_masks().values()]
-    _train_steps(model, opt, range(6, 8))
+    train(model, opt, range(6, 8))
     final = [full(p) for p in model.parameters()]
 
     # resume from the frozen checkpoint: continues bitwise
     model, opt = fresh()
     _load(model, opt, after)
     assert opt.is_frozen() and all(torch.equal(a, b) for a, b in zip(opt.support_masks().values(), masks))
-    _train_steps(model, opt, range(6, 8))
+    train(model, opt, range(6, 8))
     assert all(torch.equal(full(p), want) for p, want in zip(model.parameters(), final))
 
     # the checkpoint from before the freeze loads into a frozen optimizer, and
     # training from it repeats the same freeze and steps
     model, opt = fresh()
-    _train_steps(model, opt, range(2), freeze_at=0)
+    train(model, opt, range(2), freeze_at=0)
     _load(model, opt, before)
     assert not opt.is_frozen()
-    _train_steps(model, opt, range(3, 8), freeze_at=3)
+    train(model, opt, range(3, 8), freeze_at=3)
     assert all(torch.equal(full(p), want) for p, want in zip(model.parameters(), final))
     return [m.tolist() for m in masks], [p.tolist() for p in final]
 
@@ -533,18 +529,15 @@ def _zero_worker(rank, world, configs):
         ddp = DistributedDataParallel(model)
         ref_opt = wgsef.ProxSGD(ref_groups, lr=0.1, momentum=0.9)
         zero = ZeroRedundancyOptimizer(groups, optimizer_class=wgsef.ProxSGD, lr=0.1, momentum=0.9)
-        for step in range(6):
-            x = batch(step, shape)
-            for net, o in ((reference, ref_opt), (ddp, zero)):
-                o.zero_grad()
-                net(x).square().mean().backward()
-                o.step()
-                if step == 3:
-                    (o.optim if o is zero else o).freeze_support()
+
+        def check(step):
             fulls = [p.detach() for p in model.parameters()]
             for p, want in zip(fulls, reference.parameters()):
                 torch.testing.assert_close(p, want.detach(), rtol=0, atol=1e-12)
             assert_same_on_every_rank(fulls)
+
+        runs = [(reference, ref_opt, ref_opt.freeze_support), (ddp, zero, zero.optim.freeze_support)]
+        side_by_side(runs, 6, freeze_at=3, shape=shape, after_step=check)
         owned = zero.optim.support_masks()
         want = ref_opt.support_masks()
         ref_by_name = dict(zip([n for n, _ in reference.named_parameters()], reference.parameters()))
@@ -677,16 +670,16 @@ def _zero_empty_partition_worker(rank, world):
 
         ref_opt = wgsef.ProxSGD(groups(reference), lr=0.1, momentum=0.9)
         zero = ZeroRedundancyOptimizer(groups(model), optimizer_class=wgsef.ProxSGD, lr=0.1, momentum=0.9)
-        ddp = DistributedDataParallel(model)
-        for step in range(5):
-            for net, o in ((reference, ref_opt), (ddp, zero)):
-                o.zero_grad()
-                net(batch(step)).square().mean().backward()
-                o.step()
-                if step == 2:
-                    (o.optim if o is zero else o).freeze_support()
+
+        def check(step):
             for p, q in zip(model.parameters(), reference.parameters()):
                 torch.testing.assert_close(p.detach(), q.detach(), rtol=0, atol=1e-12)
+
+        runs = [
+            (reference, ref_opt, ref_opt.freeze_support),
+            (DistributedDataParallel(model), zero, zero.optim.freeze_support),
+        ]
+        side_by_side(runs, 5, freeze_at=2, after_step=check)
         assert zero.optim.is_frozen()
     return True
 

@@ -56,14 +56,13 @@ def check_placements(x: Tensor, name: str) -> None:
             raise _placement_error(name, placement)
 
 
-def local_box(x: Tensor, coordinate: Sequence[int] | None = None) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """The local shard's shape and its offset in the global tensor (at `coordinate`
-    in the mesh, by default this rank's); a plain tensor is its own box."""
+def local_box(x: Tensor) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """This rank's shard of x: its shape and its offset in the global tensor (a plain
+    tensor is its own box)."""
     if not is_dtensor(x):
         return tuple(x.shape), (0,) * x.dim()
     mesh = x.device_mesh
-    coordinate = mesh.get_coordinate() if coordinate is None else coordinate
-    return _compute_local_shape_and_global_offset(tuple(x.shape), mesh.shape, list(coordinate), x.placements)
+    return _compute_local_shape_and_global_offset(tuple(x.shape), mesh.shape, list(mesh.get_coordinate()), x.placements)
 
 
 def _dim_split(shape: Sequence[int], layout: tuple[int, int, int]) -> tuple[int, int] | None:
@@ -99,7 +98,6 @@ class LocalGroups:
             tuple(i for i, pl in enumerate(x.placements) if isinstance(pl, Shard)) if is_dtensor(x) else ()
         )
         shape, offset = local_box(x)
-        self.local_shape = shape
         device = x.device
         self.view: tuple[int, int, int] | None = None
         self.group_slice: slice | None = None
@@ -189,6 +187,10 @@ def _norms(x: Tensor, group_ids: Tensor | None, num_groups: int) -> Tensor:
     return norms.double()
 
 
+def _local_groups(xs, layouts, group_ids, num_groups, names) -> list[LocalGroups]:
+    return [LocalGroups(*args) for args in zip(xs, layouts, group_ids, num_groups, names)]
+
+
 def _mesh_of(xs: Sequence[Tensor], name: str):
     meshes = {id(x.device_mesh): x.device_mesh for x in xs if is_dtensor(x)}
     if len(meshes) > 1:
@@ -216,9 +218,7 @@ class ShardedGroups:
         names: Sequence[str],
     ) -> None:
         mesh = _mesh_of(xs, "params")
-        groups = [
-            LocalGroups(x, lay, ids, m, name) for x, lay, ids, m, name in zip(xs, layouts, group_ids, num_groups, names)
-        ]
+        groups = _local_groups(xs, layouts, group_ids, num_groups, names)
         reduce_dims = tuple(sorted({d for g in groups for d in g.shard_mesh_dims}))
         coordinate = mesh.get_coordinate()
         contributes = [all(coordinate[d] == 0 for d in reduce_dims if d not in g.shard_mesh_dims) for g in groups]
@@ -227,16 +227,14 @@ class ShardedGroups:
             contributes,
             [True] * len(groups),
             [mesh.get_group(d) for d in reduce_dims],
-            [mesh.get_group(d) for d in range(mesh.ndim)],
             _local(xs[0]).device,
         )
 
-    def _init(self, groups, contributes, writes, reduce_groups, consensus_groups, device) -> None:
+    def _init(self, groups, contributes, writes, reduce_groups, device) -> None:
         self.groups = groups
-        self.contributes = contributes
-        self.writes = writes
+        self.contributes = contributes  # whose squares this rank adds
+        self.writes = writes  # which tensors this rank scales
         self.reduce_groups = reduce_groups
-        self.consensus_groups = consensus_groups  # every rank that must agree on a step
         self.device = device
         # with strided layouts only, all tensors' local groups go through one gather and
         # one scatter: their positions in the buffer of all groups, in tensor order
@@ -273,11 +271,9 @@ class ShardedGroups:
     ) -> ShardedGroups:
         """Whole tensors partitioned between ranks (ZeRO): rank r owns those marked in `owned`."""
         self = cls.__new__(cls)
-        groups = [
-            LocalGroups(x, lay, ids, m, name) for x, lay, ids, m, name in zip(xs, layouts, group_ids, num_groups, names)
-        ]
+        groups = _local_groups(xs, layouts, group_ids, num_groups, names)
         device = xs[0].device if xs else torch.device("cpu")
-        self._init(groups, list(owned), list(owned), [process_group], [process_group], device)
+        self._init(groups, list(owned), list(owned), [process_group], device)
         return self
 
     def all_reduce_(self, buffer: Tensor) -> Tensor:
@@ -290,6 +286,10 @@ class ShardedGroups:
     def squares(self, xs: Sequence[Tensor], transform=None) -> list[Tensor]:
         """Each tensor's global float64 squared group norms (of ``transform(local
         shard)`` if given): views into one buffer, summed by one all-reduce."""
+        return list(self.squares_buffer(xs, transform).split([g.num_groups for g in self.groups]))
+
+    def squares_buffer(self, xs: Sequence[Tensor], transform=None) -> Tensor:
+        """The squares of :meth:`squares`, all tensors' groups in one buffer."""
         sizes = [g.num_groups for g in self.groups]
         buffer = torch.zeros(sum(sizes), dtype=torch.float64, device=self.device)
         parts = list(buffer.split(sizes))
@@ -310,8 +310,7 @@ class ShardedGroups:
                 if counts:
                     local = _local(x)
                     g.squares(local if transform is None else transform(local), part)
-        self.all_reduce_(buffer)
-        return parts
+        return self.all_reduce_(buffer)
 
     def scale_all_(self, xs: Sequence[Tensor], factors: Tensor) -> None:
         """Scale every tensor this rank writes by its groups' entries of `factors` (the
@@ -354,7 +353,6 @@ class ShardedGroups:
             pick(self.contributes),
             pick(self.writes),
             self.reduce_groups,
-            self.consensus_groups,
             self.device,
         )
         return subset
@@ -406,9 +404,8 @@ def prox_multi_(
     shared: bool,
 ) -> None:
     """``ops.prox_multi_`` on sharded tensors: each tensor its own term, or one shared term."""
-    parts = sharded.squares(xs)
-    sizes = [z.numel() for z in parts]
-    norms = torch.cat(parts).sqrt_() if len(parts) > 1 else parts[0].sqrt_()
+    norms = sharded.squares_buffer(xs).sqrt_()
+    sizes = [g.num_groups for g in sharded.groups]
     out = norms.clone()
     layout = [v for m in sizes for v in (1, m, 1)]
     w = [None if d is None else d.to(device=norms.device) for d in weights] if weights else []

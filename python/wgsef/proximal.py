@@ -234,6 +234,21 @@ class ProxTerms:
         return list(torch.split(term_masks[0], self.num_groups)) if self.shared else list(term_masks)
 
 
+def _multiply_masks(terms: ProxTerms, params: list[Tensor], masks: list[tuple[int, Tensor]]) -> None:
+    """Multiply params[i] by its bool group mask, for each (i, mask)."""
+    views, scales = [], []
+    for i, mask in masks:
+        p, (outer, m, inner), ids = params[i], terms.layouts[i], terms.group_ids[i]
+        mask = mask.to(p.dtype)
+        if ids is None:
+            views.append(p.view(outer, m, inner))
+            scales.append(mask.view(1, m, 1))
+        else:
+            p.mul_(mask[ids])
+    if views:
+        torch._foreach_mul_(views, scales)
+
+
 def _content(t: Tensor | None) -> tuple | None:
     """A tensor's shape, sum and position-weighted sum: equal on ranks that hold the
     same values (a reordering or a changed entry changes the last)."""
@@ -334,13 +349,17 @@ class WGSEFProx:
     def source(self, group: dict[str, Any]) -> dict[str, Any]:
         """The group the terms are built from: under ZeRO the global group (all its
         params, whose per-tensor options the local group shares), else the group itself."""
-        zero = self._zero() if self._zero is not None else None
-        if zero is None:
-            return group
-        index = next(i for i, g in enumerate(self.optimizer.param_groups) if g is group)
+        zero_group = self._zero_group(group)
         # ZeRO copies the options into the local group at every step; its own group
         # lacks the defaults the local optimizer filled in
-        return {**group, "params": zero.param_groups[index]["params"]}
+        return group if zero_group is None else {**group, "params": zero_group["params"]}
+
+    def _zero_group(self, group: dict[str, Any]) -> dict[str, Any] | None:
+        """ZeRO's own group behind a local group (same index), if under ZeRO."""
+        zero = self._zero() if self._zero is not None else None
+        if zero is None:
+            return None
+        return zero.param_groups[next(i for i, g in enumerate(self.optimizer.param_groups) if g is group)]
 
     def _partition(self, source: dict[str, Any], group: dict[str, Any]) -> tuple[list[bool], Any] | None:
         if source["params"] is group["params"]:
@@ -509,18 +528,8 @@ class WGSEFProx:
             terms.sharded.scale_(params, [state[p]["support_mask"] for p in params])
             return
         if self.is_frozen(group):
-            views, scales = [], []
-            for p, (outer, m, inner), ids, owned in zip(params, terms.layouts, terms.group_ids, terms.owned):
-                if not owned:
-                    continue
-                mask = state[p]["support_mask"].to(p.dtype)
-                if ids is None:
-                    views.append(p.view(outer, m, inner))
-                    scales.append(mask.view(1, m, 1))
-                else:
-                    p.mul_(mask[ids])
-            if views:
-                torch._foreach_mul_(views, scales)
+            owned = [(i, state[p]["support_mask"]) for i, p in enumerate(params) if terms.owned[i]]
+            _multiply_masks(terms, params, owned)
             return
         capturable = bool(group.get("capturable", False))
         device = params[0].device
@@ -611,18 +620,17 @@ class WGSEFProx:
                 mask = torch.zeros_like(score, dtype=torch.bool)
                 mask[order[:k]] = True
                 masks.append(mask & (score > 0))
+            others = []  # ZeRO: every rank holds every param, so each zeroes its copies too
             for i, (p, mask, owned) in enumerate(zip(params, terms.tensor_masks(masks), terms.owned)):
                 if owned:
                     state[p]["support_mask"] = mask
-                else:  # ZeRO: every rank holds every param, so each zeroes its copies too
-                    outer, m, inner = terms.layouts[i]
-                    ids = terms.group_ids[i]
-                    mask = mask.to(p.dtype)
-                    p.mul_(mask.view(1, m, 1).expand(outer, m, inner).reshape(p.shape) if ids is None else mask[ids])
+                else:
+                    others.append((i, mask))
+            _multiply_masks(terms, params, others)
             group["frozen"] = True
-            if self._zero is not None:  # ZeRO copies its own groups' options into the local ones at every step
-                index = next(i for i, g in enumerate(self.optimizer.param_groups) if g is group)
-                self._zero().param_groups[index]["frozen"] = True
+            zero_group = self._zero_group(group)
+            if zero_group is not None:  # ZeRO copies its own groups' options into the local ones at every step
+                zero_group["frozen"] = True
         for group in regularized:
             self.apply(group, every_param=True)
 
