@@ -8,6 +8,7 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <optional>
@@ -177,7 +178,7 @@ inline GroupedTensor check_grouped_tensor(const char* op, const at::Tensor& x, i
                                           at::IntArrayRef layout,
                                           const c10::List<std::optional<at::Tensor>>& group_ids,
                                           const c10::List<std::optional<at::Tensor>>& weights,
-                                          int64_t offset) {
+                                          int64_t offset, const char* name = "xs") {
   check_floating_x(op, x);
   GroupedTensor t{x.contiguous(), {}, offset};
   const std::optional<at::Tensor> ids =
@@ -198,7 +199,7 @@ inline GroupedTensor check_grouped_tensor(const char* op, const at::Tensor& x, i
     TORCH_CHECK_VALUE(
         g.outer >= 0 && g.num_groups >= 0 && g.inner >= 0 && !overflows && size == x.numel(),
         "wgsef.", op, ": layout entry ", i, " (", g.outer, ", ", g.num_groups, ", ", g.inner,
-        ") does not cover the ", x.numel(), " elements of xs[", i, "]",
+        ") does not cover the ", x.numel(), " elements of ", name, "[", i, "]",
         overflows ? " (its product overflows int64)" : "");
     attach_weights(op, g, x, w);
   }
@@ -239,7 +240,7 @@ inline void check_strengths(const char* op, const at::Tensor& lam, const at::Ten
 inline std::vector<GroupedTensor> check_tensor_list(
     const char* op, at::TensorList xs, at::IntArrayRef layout,
     const c10::List<std::optional<at::Tensor>>& group_ids,
-    const c10::List<std::optional<at::Tensor>>& weights) {
+    const c10::List<std::optional<at::Tensor>>& weights, const char* name = "xs") {
   const int64_t n = static_cast<int64_t>(xs.size());
   TORCH_CHECK_VALUE(static_cast<int64_t>(layout.size()) == 3 * n, "wgsef.", op,
                     ": layout must have 3 entries per tensor (", 3 * n, "), got ", layout.size());
@@ -252,9 +253,9 @@ inline std::vector<GroupedTensor> check_tensor_list(
   int64_t offset = 0;
   for (int64_t i = 0; i < n; ++i) {
     TORCH_CHECK_VALUE(xs[i].device() == xs[0].device(), "wgsef.", op,
-                      ": every tensor must be on xs[0]'s device ", xs[0].device(), ", got xs[", i,
-                      "] on ", xs[i].device());
-    tensors.push_back(check_grouped_tensor(op, xs[i], i, layout, group_ids, weights, offset));
+                      ": every tensor must be on ", name, "[0]'s device ", xs[0].device(), ", got ",
+                      name, "[", i, "] on ", xs[i].device());
+    tensors.push_back(check_grouped_tensor(op, xs[i], i, layout, group_ids, weights, offset, name));
     if (xs[i].device().is_cpu()) check_weight_values(op, tensors.back().layout);
     offset += tensors.back().layout.num_groups;
   }
@@ -275,6 +276,58 @@ inline std::vector<GroupedTensor> check_prox_multi_args(
   for (int64_t kk : k) check_k(op, kk);
   check_strengths(op, lam, lr, terms);
   return check_tensor_list(op, xs, layout, group_ids, weights);
+}
+
+// The groups of all tensors of a strided layout list (outer, groups, inner per tensor).
+inline int64_t layout_groups(at::IntArrayRef layout) {
+  int64_t total = 0;
+  for (size_t i = 1; i < layout.size(); i += 3) total += layout[i];
+  return total;
+}
+
+// sgd_group_squares_: torch.optim.SGD's rules for the hyperparameters, grads
+// and momentum buffers shaped like their params, and the params' layouts.
+inline std::vector<GroupedTensor> check_sgd_squares_args(
+    const char* op, at::TensorList params, at::TensorList grads, at::TensorList bufs,
+    at::IntArrayRef layout, double lr, double weight_decay, double momentum, double dampening,
+    bool nesterov) {
+  check_nonnegative(op, "lr", lr);
+  check_nonnegative(op, "weight_decay", weight_decay);
+  check_nonnegative(op, "momentum", momentum);
+  TORCH_CHECK_VALUE(std::isfinite(dampening), "wgsef.", op, ": dampening must be finite, got ",
+                    dampening);
+  TORCH_CHECK_VALUE(!nesterov || (momentum > 0.0 && dampening == 0.0), "wgsef.", op,
+                    ": nesterov needs momentum > 0 and dampening = 0, got momentum = ", momentum,
+                    " and dampening = ", dampening);
+  const size_t n = params.size();
+  TORCH_CHECK_VALUE(grads.size() == n, "wgsef.", op, ": grads must have one entry per param (",
+                    n, "), got ", grads.size());
+  const size_t expected_bufs = momentum != 0.0 ? n : 0;
+  TORCH_CHECK_VALUE(bufs.size() == expected_bufs, "wgsef.", op, ": momentum_buffers must have ",
+                    expected_bufs, " entries (", momentum != 0.0 ? "one per param" : "momentum is 0",
+                    "), got ", bufs.size());
+  const auto check_like = [&](const char* name, const at::Tensor& t, const at::Tensor& p, size_t i) {
+    TORCH_CHECK_VALUE(t.sizes() == p.sizes() && t.device() == p.device() &&
+                          t.scalar_type() == p.scalar_type() && t.layout() == at::kStrided,
+                      "wgsef.", op, ": ", name, "[", i, "] must be a dense tensor like params[", i,
+                      "] (", p.sizes(), ", ", p.scalar_type(), ", ", p.device(), "), got ",
+                      t.sizes(), ", ", t.scalar_type(), ", ", t.device(), ", ", t.layout());
+  };
+  for (size_t i = 0; i < n; ++i) {
+    TORCH_CHECK_VALUE(params[i].layout() == at::kStrided, "wgsef.", op, ": params[", i,
+                      "] must be a dense tensor, got ", params[i].layout());
+    check_like("grads", grads[i], params[i], i);
+    if (expected_bufs) check_like("momentum_buffers", bufs[i], params[i], i);
+  }
+  const c10::List<std::optional<at::Tensor>> none;  // no group ids, no weights
+  std::vector<GroupedTensor> tensors = check_tensor_list(op, params, layout, none, none, "params");
+  // offsets from the layout: a param without elements keeps its (zero) entries
+  int64_t offset = 0;
+  for (size_t i = 0; i < n; ++i) {
+    tensors[i].offset = offset;
+    offset += layout[3 * i + 1];
+  }
+  return tensors;
 }
 
 // prox_coupled_, after validation: the tensors with their own groups, each

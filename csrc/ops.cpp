@@ -47,6 +47,18 @@ TORCH_LIBRARY(wgsef, m) {
       "prox_coupled_(Tensor(a!)[] xs, int[] layout, Tensor?[] group_ids, Tensor[] coupling, "
       "int[] term_sizes, Tensor? weights, int[] k, Tensor lam, Tensor lr) -> ()");
 
+  // One torch.optim.SGD step on every tensor of a param group, fused with the
+  // float64 squared group norms of the updated params, which the sharded prox
+  // all-reduces before it scales (docs/design.md §8): one pass over params,
+  // grads and momentum_buffers (empty when momentum is 0, else one allocated
+  // buffer per param). layout holds (outer, groups, inner) per param, as in
+  // prox_multi_; returns every param's squares, concatenated in order. A
+  // square that overflows comes back as inf.
+  m.def(
+      "sgd_group_squares_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, "
+      "int[] layout, float lr, float weight_decay=0.0, float momentum=0.0, float dampening=0.0, "
+      "bool nesterov=False, bool maximize=False) -> Tensor");
+
   // N:M sparsity. Groups are runs of m consecutive elements along dim; the mask
   // keeps the n largest |w| of each (NaN ranks with +inf, ties to the lower
   // index; docs/design.md §6.2).

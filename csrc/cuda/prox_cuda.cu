@@ -643,6 +643,57 @@ void prox_multi_(at::TensorList xs, at::IntArrayRef layout,
     if (!data[i].is_same(xs[i])) xs[i].copy_(data[i]);
 }
 
+// torch.optim.SGD's update (see csrc/cpu/sgd_squares_cpu.cpp), then the
+// squared group norms of the updated params: two kernels, five streams of
+// memory and one, where torch's foreach SGD with momentum runs eight.
+template <typename T>
+__global__ void sgd_kernel(T* p, const T* g, T* buf, int64_t n, double lr, double weight_decay,
+                           double momentum, double one_minus_dampening, double sign,
+                           bool nesterov) {
+  using acc_t = at::opmath_type<T>;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    acc_t d = static_cast<acc_t>(sign) * static_cast<acc_t>(g[i]);
+    if (weight_decay != 0.0) d += static_cast<acc_t>(weight_decay) * static_cast<acc_t>(p[i]);
+    if (buf != nullptr) {
+      const acc_t b = static_cast<acc_t>(momentum) * static_cast<acc_t>(buf[i]) +
+                      static_cast<acc_t>(one_minus_dampening) * d;
+      buf[i] = static_cast<T>(b);
+      d = nesterov ? d + static_cast<acc_t>(momentum) * b : b;
+    }
+    p[i] = static_cast<T>(static_cast<acc_t>(p[i]) - static_cast<acc_t>(lr) * d);
+  }
+}
+
+at::Tensor sgd_group_squares_(at::TensorList params, at::TensorList grads, at::TensorList bufs,
+                              at::IntArrayRef layout, double lr, double weight_decay,
+                              double momentum, double dampening, bool nesterov, bool maximize) {
+  const char* op = "sgd_group_squares_";
+  std::vector<GroupedTensor> tensors = check_sgd_squares_args(
+      op, params, grads, bufs, layout, lr, weight_decay, momentum, dampening, nesterov);
+  if (params.empty()) return at::zeros({0}, at::TensorOptions().dtype(at::kDouble));
+  const c10::cuda::CUDAGuard guard(params[0].device());
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const at::Tensor& p = tensors[i].data;
+    if (p.numel() == 0) continue;
+    const at::Tensor g = grads[i].contiguous(),
+                     buf = bufs.empty() ? at::Tensor() : bufs[i].contiguous();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(), op, [&] {
+      sgd_kernel<scalar_t><<<grid_stride_blocks(p.numel()), kThreads, 0, stream>>>(
+          p.mutable_data_ptr<scalar_t>(), g.const_data_ptr<scalar_t>(),
+          buf.defined() ? buf.mutable_data_ptr<scalar_t>() : nullptr, p.numel(), lr, weight_decay,
+          momentum, 1.0 - dampening, maximize ? -1.0 : 1.0, nesterov);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+    if (!p.is_same(params[i])) params[i].copy_(p);
+    if (buf.defined() && !buf.is_same(bufs[i])) bufs[i].copy_(buf);
+  }
+  at::Tensor squares = at::zeros({layout_groups(layout)}, doubles_on(params[0]));
+  launch_sq_norms(tensors, squares.mutable_data_ptr<double>());
+  return squares;
+}
+
 // Coupled groups: the members' squared norms summed per coupled group
 // (index_add_), one search per term, each member scaled by its group's factor
 // (index_select). Host synchronisation only for the coupling's range check.
@@ -698,6 +749,7 @@ TORCH_LIBRARY_IMPL(wgsef, CUDA, m) {
   m.impl("prox_", &prox_);
   m.impl("prox_multi_", &prox_multi_);
   m.impl("prox_coupled_", &prox_coupled_);
+  m.impl("sgd_group_squares_", &sgd_group_squares_);
 }
 
 }  // namespace wgsef::cuda

@@ -178,6 +178,15 @@ def _local(x: Tensor) -> Tensor:
     return x.detach()
 
 
+def same_local_layout(t: Tensor, x: Tensor) -> bool:
+    """Whether `t` (a gradient, a momentum buffer) is stored like `x` on this rank:
+    both DTensors or neither, local shards of one shape, dtype and device."""
+    if is_dtensor(t) != is_dtensor(x):
+        return False
+    a, b = _local(t), _local(x)
+    return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device
+
+
 def _norms(x: Tensor, group_ids: Tensor | None, num_groups: int) -> Tensor:
     """float64 group norms; a 16- or 32-bit norm that overflowed is computed again from
     float64 values (one check, so no host synchronisation per tensor)."""
@@ -253,6 +262,14 @@ class ShardedGroups:
             self._local_sizes = [p.numel() for p in positions]
             self._gather = self._positions_of(contributes)
             self._scatter = self._positions_of(writes)
+            # the local squares of the tensors this rank adds, in the concatenation of all local groups
+            starts = [0]
+            for n in self._local_sizes:
+                starts.append(starts[-1] + n)
+            self._contributing = None
+            if not all(contributes):
+                chosen = [torch.arange(b, e) for b, e, c in zip(starts, starts[1:], contributes) if c]
+                self._contributing = torch.cat(chosen).to(device) if chosen else self._gather
 
     def _positions_of(self, flags: Sequence[bool]) -> Tensor:
         chosen = [p for p, f in zip(self._positions, flags) if f]
@@ -310,6 +327,23 @@ class ShardedGroups:
                 if counts:
                     local = _local(x)
                     g.squares(local if transform is None else transform(local), part)
+        return self.all_reduce_(buffer)
+
+    def sgd_squares_buffer(
+        self, xs: Sequence[Tensor], grads: Sequence[Tensor], bufs: Sequence[Tensor], **sgd_options
+    ) -> Tensor:
+        """torch.optim.SGD's update of every local shard fused with the squares of the
+        result (``ops.sgd_group_squares_``, one pass), summed like :meth:`squares_buffer`.
+        Strided layouts only; `bufs` empty without momentum."""
+        local = ops.sgd_group_squares_(
+            [_local(x) for x in xs],
+            [_local(g) for g in grads],
+            [_local(b) for b in bufs],
+            [v for g in self.groups for v in g.view],
+            **sgd_options,
+        )
+        buffer = torch.zeros(sum(g.num_groups for g in self.groups), dtype=torch.float64, device=self.device)
+        buffer.index_add_(0, self._gather, local if self._contributing is None else local[self._contributing])
         return self.all_reduce_(buffer)
 
     def scale_all_(self, xs: Sequence[Tensor], factors: Tensor) -> None:
@@ -402,9 +436,11 @@ def prox_multi_(
     lam: Tensor,
     lr: Tensor,
     shared: bool,
+    squares: Tensor | None = None,
 ) -> None:
-    """``ops.prox_multi_`` on sharded tensors: each tensor its own term, or one shared term."""
-    norms = sharded.squares_buffer(xs).sqrt_()
+    """``ops.prox_multi_`` on sharded tensors: each tensor its own term, or one shared
+    term. `squares`: the all-reduced squares, where the caller has them already."""
+    norms = (sharded.squares_buffer(xs) if squares is None else squares).sqrt_()
     sizes = [g.num_groups for g in sharded.groups]
     out = norms.clone()
     layout = [v for m in sizes for v in (1, m, 1)]

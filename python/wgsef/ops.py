@@ -20,6 +20,7 @@ __all__ = [
     "prox_",
     "prox_coupled_",
     "prox_multi_",
+    "sgd_group_squares_",
     "value",
     "value_backward",
 ]
@@ -31,6 +32,7 @@ prox = torch.ops.wgsef.prox.default
 prox_ = torch.ops.wgsef.prox_.default
 prox_multi_ = torch.ops.wgsef.prox_multi_.default
 prox_coupled_ = torch.ops.wgsef.prox_coupled_.default
+sgd_group_squares_ = torch.ops.wgsef.sgd_group_squares_.default
 nm_mask = torch.ops.wgsef.nm_mask.default
 nm_decay = torch.ops.wgsef.nm_decay.default
 
@@ -99,6 +101,25 @@ def _prox_multi_fake(xs, layout, group_ids, weights, k, lam, lr, shared=False):
     real = next((x for x in xs if x.device.type != "meta"), None)
     _no_meta_beside_real("prox_multi_", real, "xs", xs=xs, group_ids=group_ids, weights=weights, lam=lam, lr=lr)
     return None
+
+
+@torch.library.register_fake("wgsef::sgd_group_squares_")
+def _sgd_group_squares_fake(
+    params,
+    grads,
+    momentum_buffers,
+    layout,
+    lr,
+    weight_decay=0.0,
+    momentum=0.0,
+    dampening=0.0,
+    nesterov=False,
+    maximize=False,
+):
+    real = next((p for p in params if p.device.type != "meta"), None)
+    _no_meta_beside_real("sgd_group_squares_", real, "params", grads=grads, momentum_buffers=momentum_buffers)
+    device = params[0].device if params else torch.device("cpu")
+    return torch.empty(sum(layout[1::3]), dtype=torch.float64, device=device)
 
 
 def _value_setup_context(ctx, inputs, output):

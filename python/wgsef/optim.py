@@ -249,6 +249,8 @@ class ProxSGD(Optimizer):
             if not params:  # the prox may still need this rank (a term shared across ZeRO's partitions)
                 self._prox.step(group)
                 continue
+            if self._prox.sharded_sgd_step(group, params, grads, bufs):
+                continue
             if group["capturable"]:
                 _sgd_on_device(params, grads, bufs, self._prox.on_device(group, "lr", params[0].device), group)
             else:

@@ -517,6 +517,41 @@ class WGSEFProx:
         if any(p.grad is not None for p in params) and (self.is_frozen(group) or self.regularized(group)):
             self.apply(group)
 
+    def sharded_sgd_step(
+        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], bufs: list[Tensor | None]
+    ) -> bool:
+        """ProxSGD's step on DTensor params: torch.optim.SGD's update fused with the
+        prox's group norms (one pass over the local shards, ``ops.sgd_group_squares_``),
+        then the norms' all-reduce and the scaling. Returns False, having done nothing,
+        where the fused step does not apply: no DTensors, the first step with momentum
+        (no buffers yet), frozen or coupled groups, group ids, params without a gradient."""
+        if not self.regularized(group) or self.is_frozen(group) or len(params) != len(group["params"]):
+            return False
+        terms = self.terms(group)
+        if not terms.dtensors or terms.coupled or not terms.sharded.strided:
+            return False
+        momentum = group["momentum"]
+        bufs = bufs if momentum != 0 else []
+        if any(b is None for b in bufs) or not all(
+            distributed.same_local_layout(t, p) for ts in (grads, bufs) for t, p in zip(ts, params)
+        ):
+            return False
+        self.ensure_masks(group)
+        squares = terms.sharded.sgd_squares_buffer(
+            params,
+            grads,
+            bufs,
+            lr=float(group["lr"]),
+            weight_decay=group["weight_decay"],
+            momentum=momentum,
+            dampening=group["dampening"],
+            nesterov=group["nesterov"],
+            maximize=group["maximize"],
+        )
+        lr, lam = _as_tensor(group["lr"]), _as_tensor(group["lam"])
+        distributed.prox_multi_(terms.sharded, params, terms.weights, terms.k, lam, lr, terms.shared, squares)
+        return True
+
     def apply(self, group: dict[str, Any], every_param: bool = False) -> None:
         """The prox on the group's params; per-tensor terms skip params without a
         gradient this step (unless `every_param`), a shared term always covers all of them.
