@@ -163,3 +163,22 @@ def coupled_prox(tensors, specs, coupling, term_sizes, weights, k, lam) -> list[
         f[begin : begin + size] = prox_factors(sq[begin : begin + size], d[begin : begin + size], kk, lt)
         begin += size
     return [(xn.reshape(-1) * f[c[ids]]).reshape(xn.shape) for xn, ids, c in members]
+
+
+def sgd_step(p, g, buf, lr, weight_decay=0.0, momentum=0.0, dampening=0.0, nesterov=False, maximize=False):
+    """torch.optim.SGD's update as its documentation states it, in float64 numpy:
+    returns the new (p, buf); buf is None without momentum."""
+    p, g = np.asarray(p, dtype=np.float64), np.asarray(g, dtype=np.float64)
+    d = -g if maximize else g
+    if weight_decay:
+        d = d + weight_decay * p
+    if momentum:
+        buf = momentum * np.asarray(buf, dtype=np.float64) + (1.0 - dampening) * d
+        d = d + momentum * buf if nesterov else buf
+    return p - lr * d, buf
+
+
+def strided_sq_norms(x, outer: int, groups: int, inner: int) -> np.ndarray:
+    """Squared norms of the groups x[:, g, :] of x viewed as (outer, groups, inner)."""
+    v = np.asarray(x, dtype=np.float64).reshape(outer, groups, inner)
+    return (v**2).sum(axis=(0, 2))

@@ -115,6 +115,13 @@ def groups_for(config: str, model) -> list[dict]:
         return [{"params": weights, "names": names, "groups": "elements", "k": 0.3, "lam": 0.2, "shared_k": True}, rest]
     if config == "shared_layers":
         return [{"params": weights, "names": names, "groups": "layer", "k": 2, "lam": 1.0, "shared_k": True}, rest]
+    if config == "sgd_options":  # every branch of the fused SGD step, and a group without momentum
+        return [
+            {"params": [weights[0]], "groups": "filters", "k": 3, "lam": 0.5, "weight_decay": 0.01, "nesterov": True},
+            {"params": [weights[1]], "groups": "channels", "k": 4, "lam": 0.3, "dampening": 0.2, "maximize": True},
+            {"params": [weights[2]], "groups": "filters", "k": 2, "lam": 0.8, "momentum": 0.0, "weight_decay": 0.1},
+            rest,
+        ]
     if config == "ids_weights":
         ids = torch.arange(120).reshape(10, 12) % 9
         w0 = torch.linspace(0.5, 2.0, 9, dtype=torch.float64)
@@ -193,7 +200,11 @@ def _fsdp_worker(rank, world, mesh_shape, configs):
 
     names = ("replicate", "shard") if len(mesh_shape) == 2 else None  # HSDP: replicate x shard
     mesh = init_device_mesh("cpu", mesh_shape, mesh_dim_names=names)
+    fused_steps = []  # calls of the fused SGD step, which strided groups under FSDP2 take
+    fused = wgsef.ops.sgd_group_squares_
+    wgsef.ops.sgd_group_squares_ = lambda *args, **kwargs: fused_steps.append(1) or fused(*args, **kwargs)
     for config in configs:
+        fused_steps.clear()
         coupled = config == "coupled"
         reference, model = (ResidualNet(), ResidualNet()) if coupled else (mlp(), mlp())
         shape = (4, 3, 6, 6) if coupled else (16, 12)
@@ -223,12 +234,16 @@ def _fsdp_worker(rank, world, mesh_shape, configs):
 
         runs = [(reference, ref_opt, ref_opt.freeze_support), (model, opt, opt.freeze_support)]
         side_by_side(runs, 6, freeze_at=3, shape=shape, after_step=check)
+        assert bool(fused_steps) == (config in FUSED_CONFIGS), config
         report = str(wgsef.sparsity_report(opt))
         assert report == str(wgsef.sparsity_report(ref_opt)), config
     return True
 
 
-CONFIGS = ["per_tensor", "shared_elements", "shared_layers", "ids_weights", "coupled", "adamw"]
+CONFIGS = ["per_tensor", "shared_elements", "shared_layers", "sgd_options", "ids_weights", "coupled", "adamw"]
+# configs whose groups are all strided on every shard: ProxSGD fuses SGD with the norms
+# (per_tensor's heads are split by shard boundaries; ids and coupled groups are not strided)
+FUSED_CONFIGS = {"shared_elements", "shared_layers", "sgd_options"}
 
 
 def test_fsdp2_two_ranks():
@@ -238,7 +253,7 @@ def test_fsdp2_two_ranks():
 def test_fsdp2_four_ranks_uneven_and_empty_shards_and_hsdp():
     # 1-D mesh of 4: the 5-row layer splits 2, 2, 1, 0 (an empty shard); then HSDP
     run_ranks(4, _fsdp_worker, (4,), ["per_tensor", "shared_elements", "coupled"])
-    run_ranks(4, _fsdp_worker, (2, 2), ["per_tensor", "ids_weights"])
+    run_ranks(4, _fsdp_worker, (2, 2), ["per_tensor", "ids_weights", "sgd_options"])
 
 
 # -- the functional API and N:M on DTensors ------------------------------------------

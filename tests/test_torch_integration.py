@@ -38,6 +38,12 @@ def samples(device="cpu"):
             ([x.clone(), y.clone()], [1, 3, 20, 4, 5, 1], [], [], [4], torch.tensor([0.5], device=device), lam, True),
             {},
         ),
+        (
+            OPS.sgd_group_squares_.default,
+            ([x.clone(), y.clone()], [x.flip(0), y.flip(0)], [x.clone(), y.clone()], [3, 5, 4, 4, 5, 1], 0.1),
+            {"weight_decay": 0.01, "momentum": 0.9, "nesterov": True},
+        ),
+        (OPS.sgd_group_squares_.default, ([y.clone()], [y.flip(1)], [], [1, 4, 5], 0.1), {"maximize": True}),
     ]
 
 

@@ -679,7 +679,7 @@ at::Tensor sgd_group_squares_(at::TensorList params, at::TensorList grads, at::T
     if (p.numel() == 0) continue;
     const at::Tensor g = grads[i].contiguous(),
                      buf = bufs.empty() ? at::Tensor() : bufs[i].contiguous();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(), op, [&] {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(), "sgd_cuda", [&] {
       sgd_kernel<scalar_t><<<grid_stride_blocks(p.numel()), kThreads, 0, stream>>>(
           p.mutable_data_ptr<scalar_t>(), g.const_data_ptr<scalar_t>(),
           buf.defined() ? buf.mutable_data_ptr<scalar_t>() : nullptr, p.numel(), lr, weight_decay,
