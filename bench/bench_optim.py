@@ -1,5 +1,6 @@
 """One optimizer step on ResNet-50's conv weights: wgsef's ProxSGD and ProxOptimizer
-against their base optimizers and torchao's PAT PruneOptimizer.
+against their base optimizers and torchao's PAT PruneOptimizer, and the fused SGD
+update with group norms that ProxSGD runs on sharded params.
 
 Every optimizer owns identical copies of the 53 conv weights (filter groups, k =
 half the filters, 23.5M float32 parameters) with fixed random gradients; every timed
@@ -33,6 +34,21 @@ def make_params(seed: int = 0) -> list[torch.nn.Parameter]:
         p.grad = torch.randn(shape, generator=g) * 1e-3
         params.append(p)
     return params
+
+
+class FusedSGDSquares:
+    """The first half of ProxSGD's step on DTensor params (docs/design.md §8): SGD's
+    update fused with the squared filter norms, ``wgsef.ops.sgd_group_squares_``."""
+
+    def __init__(self, params: list[torch.nn.Parameter]) -> None:
+        self.params = params
+        self.bufs = [torch.zeros_like(p) for p in params]
+        self.layout = [v for p in params for v in (1, p.shape[0], p[0].numel())]
+
+    @torch.no_grad()
+    def step(self) -> None:
+        grads = [p.grad for p in self.params]
+        wgsef.ops.sgd_group_squares_(self.params, grads, self.bufs, self.layout, 0.01, momentum=0.9)
 
 
 def pat_cases(sgd, adamw) -> dict:
@@ -90,6 +106,7 @@ def main() -> None:
             "SGD",
             lambda ps: wgsef.ProxSGD(ps, lr=0.01, momentum=0.9, k=0.5, lam=1e-4),
         ),
+        "wgsef.ops.sgd_group_squares_ (SGD update + filter norms, one pass)": ("SGD", FusedSGDSquares),
         "torch.optim.AdamW(foreach=True)": ("AdamW", adamw),
         "wgsef.ProxOptimizer(AdamW(foreach=True), k=0.5, lam=1e-4)": (
             "AdamW",
