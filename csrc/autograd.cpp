@@ -39,7 +39,7 @@ std::string short_name(const c10::OperatorHandle& op) {
   return full.substr(full.find("::") + 2);
 }
 
-// The in-place ops (prox_, prox_multi_, prox_coupled_) at the Autograd key: with grad mode
+// The in-place ops (prox_, prox_multi_, prox_coupled_, sgd_group_squares_) at the Autograd key: with grad mode
 // on, an argument that requires grad is an error, as an in-place op on a leaf
 // is in torch, since no graph can record the change.
 void inplace_without_derivative(const c10::OperatorHandle& op, c10::DispatchKeySet keys,
@@ -49,8 +49,8 @@ void inplace_without_derivative(const c10::OperatorHandle& op, c10::DispatchKeyS
     for_each_tensor_argument(op, *stack, [&](const c10::Argument& arg, const at::Tensor& t) {
       TORCH_CHECK(!t.requires_grad(), "wgsef.", name, ": ", arg.name(),
                   " requires grad and grad mode is on, but ", name,
-                  " has no derivative; call it under torch.no_grad() (ProxSGD.step does), or "
-                  "use the out-of-place op");
+                  " has no derivative; call it under torch.no_grad() (ProxSGD.step does)",
+                  name == "sgd_group_squares_" ? "" : ", or use the out-of-place op");
     });
   }
   op.redispatchBoxed(keys & c10::after_autograd_keyset, stack);
@@ -81,12 +81,16 @@ TORCH_LIBRARY_IMPL(wgsef, Autograd, m) {
   m.impl("prox_", torch::CppFunction::makeFromBoxedFunction<&inplace_without_derivative>());
   m.impl("prox_multi_", torch::CppFunction::makeFromBoxedFunction<&inplace_without_derivative>());
   m.impl("prox_coupled_", torch::CppFunction::makeFromBoxedFunction<&inplace_without_derivative>());
+  m.impl("sgd_group_squares_",
+         torch::CppFunction::makeFromBoxedFunction<&inplace_without_derivative>());
 }
 
 TORCH_LIBRARY_IMPL(wgsef, ADInplaceOrView, m) {
   m.impl("prox_", torch::CppFunction::makeFromBoxedFunction<&bump_versions_of_written>());
   m.impl("prox_multi_", torch::CppFunction::makeFromBoxedFunction<&bump_versions_of_written>());
   m.impl("prox_coupled_", torch::CppFunction::makeFromBoxedFunction<&bump_versions_of_written>());
+  m.impl("sgd_group_squares_",
+         torch::CppFunction::makeFromBoxedFunction<&bump_versions_of_written>());
 }
 
 }  // namespace wgsef

@@ -3,6 +3,7 @@
 // TypeError.
 #pragma once
 
+#include <ATen/MemoryOverlap.h>
 #include <ATen/core/List.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
@@ -235,8 +236,16 @@ inline void check_strengths(const char* op, const at::Tensor& lam, const at::Ten
   }
 }
 
-// The tensors of a multi-tensor op: every one on xs[0]'s device with a valid
-// layout entry or group ids, and its weights (values checked for CPU tensors).
+// A tensor an op writes in place: no two elements may share memory (an expanded view).
+inline void check_writable(const char* op, const char* name, const at::Tensor& t, int64_t i) {
+  TORCH_CHECK_VALUE(at::has_internal_overlap(t) != at::MemOverlap::Yes, "wgsef.", op, ": ", name,
+                    "[", i, "] has elements that share memory (an expanded view); pass a tensor "
+                    "that owns each element");
+}
+
+// The tensors of an in-place multi-tensor op: every one on xs[0]'s device,
+// writable, with a valid layout entry or group ids, and its weights (values
+// checked for CPU tensors).
 inline std::vector<GroupedTensor> check_tensor_list(
     const char* op, at::TensorList xs, at::IntArrayRef layout,
     const c10::List<std::optional<at::Tensor>>& group_ids,
@@ -255,6 +264,7 @@ inline std::vector<GroupedTensor> check_tensor_list(
     TORCH_CHECK_VALUE(xs[i].device() == xs[0].device(), "wgsef.", op,
                       ": every tensor must be on ", name, "[0]'s device ", xs[0].device(), ", got ",
                       name, "[", i, "] on ", xs[i].device());
+    check_writable(op, name, xs[i], i);
     tensors.push_back(check_grouped_tensor(op, xs[i], i, layout, group_ids, weights, offset, name));
     if (xs[i].device().is_cpu()) check_weight_values(op, tensors.back().layout);
     offset += tensors.back().layout.num_groups;
@@ -317,7 +327,10 @@ inline std::vector<GroupedTensor> check_sgd_squares_args(
     TORCH_CHECK_VALUE(params[i].layout() == at::kStrided, "wgsef.", op, ": params[", i,
                       "] must be a dense tensor, got ", params[i].layout());
     check_like("grads", grads[i], params[i], i);
-    if (expected_bufs) check_like("momentum_buffers", bufs[i], params[i], i);
+    if (expected_bufs) {
+      check_like("momentum_buffers", bufs[i], params[i], i);
+      check_writable(op, "momentum_buffers", bufs[i], i);
+    }
   }
   const c10::List<std::optional<at::Tensor>> none;  // no group ids, no weights
   std::vector<GroupedTensor> tensors = check_tensor_list(op, params, layout, none, none, "params");

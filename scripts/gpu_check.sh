@@ -27,7 +27,7 @@ python3 -c "import wgsef; print('wgsef with_cuda =', wgsef.with_cuda)" 2>&1 | te
 stage "CUDA tests" tests.log
 timeout 200 python3 -m pytest -q -p no:cacheprovider -k cuda -rf \
   tests/test_cuda.py tests/test_prox_value.py tests/test_nm.py tests/test_optim.py tests/test_prox_optimizer.py \
-  tests/test_coupled_optim.py >> "$OUT/tests.log" 2>&1
+  tests/test_coupled_optim.py tests/test_sgd_squares.py tests/test_torch_integration.py >> "$OUT/tests.log" 2>&1
 grep -E "^FAILED|passed|failed|error" "$OUT/tests.log" | tail -25
 
 stage compute-sanitizer sanitizer.log

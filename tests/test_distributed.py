@@ -657,6 +657,22 @@ def _edge_worker(rank, world):
             opt.step()
         assert all(torch.equal(p.detach().to_local(), q) for p, q in zip(model.parameters(), before))
 
+    # a replicated param with Partial gradients (tensor parallel): the fused SGD step
+    # needs gradients placed like their params, so the step reduces them first
+    from torch.distributed.tensor import DTensor, Partial
+
+    w = torch.randn(6, 4, dtype=torch.float64, generator=gen)
+    parts = [torch.randn(6, 4, dtype=torch.float64, generator=gen) for _ in range(world)]
+    p = nn.Parameter(distribute_tensor(w, mesh, [Replicate()]))
+    q = nn.Parameter(w.clone())
+    opts = [wgsef.ProxSGD([{"params": [t], "k": 3, "lam": 0.1}], lr=0.1, momentum=0.9) for t in (p, q)]
+    for _ in range(3):  # the second step on would take the fused path
+        p.grad = DTensor.from_local(parts[rank].clone(), mesh, [Partial()], run_check=False)
+        q.grad = sum(parts)
+        for o in opts:
+            o.step()
+    torch.testing.assert_close(full(p), q.detach(), rtol=0, atol=1e-12)
+
     ids0 = torch.arange(120).reshape(10, 12) % 9
     differing("groups", [ids0 if rank == 0 else ids0.flip(0), "filters"])
     w0 = torch.linspace(0.5, 2.0, 9, dtype=torch.float64)

@@ -188,3 +188,30 @@ def test_every_option_combination_against_the_reference():
         if momentum:
             torch.testing.assert_close(bb, torch.from_numpy(want_b), rtol=1e-14, atol=1e-16)
         torch.testing.assert_close(squares, torch.from_numpy(ref.strided_sq_norms(want_p, 6, 5, 1)), rtol=1e-13, atol=0)
+
+
+def test_autograd_meta_and_overlapping_arguments(device):
+    p, g, b = _tensors((4, 6), torch.float64, device, 9)
+    # in grad mode a param that requires grad raises; under no_grad the versions move,
+    # so a backward through a value saved before the step raises
+    leaf = p.clone().requires_grad_(True)
+    with pytest.raises(RuntimeError, match=r"sgd_group_squares_: params requires grad and grad mode is on"):
+        ops.sgd_group_squares_([leaf], [g], [b.clone()], [1, 4, 6], 0.1, 0.0, 0.9)
+    loss = (leaf * leaf).sum()
+    with torch.no_grad():
+        ops.sgd_group_squares_([leaf], [g], [b.clone()], [1, 4, 6], 0.1, 0.0, 0.9)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+    # a meta tensor beside real ones raises instead of reaching the fake kernel
+    with pytest.raises(ValueError, match="params is on the meta device"):
+        ops.sgd_group_squares_([p, torch.empty(3, device="meta")], [g, g[0, :3]], [], [1, 4, 6, 1, 3, 1], 0.1)
+    # expanded params or buffers (elements sharing memory) raise before anything is written
+    p0 = p.clone()
+    row = torch.randn(6, dtype=torch.float64, device=device)
+    for params, bufs, name in (
+        ([p, row.expand(4, 6)], [b, b.clone()], r"params\[1\] has elements that share memory"),
+        ([p, p0.clone()], [b, row.expand(4, 6)], r"momentum_buffers\[1\] has elements that share memory"),
+    ):
+        with pytest.raises(ValueError, match=name):
+            ops.sgd_group_squares_(params, [g, g], bufs, [1, 4, 6, 1, 4, 6], 0.1, 0.0, 0.9)
+        assert torch.equal(p, p0)

@@ -179,9 +179,12 @@ def _local(x: Tensor) -> Tensor:
 
 
 def same_local_layout(t: Tensor, x: Tensor) -> bool:
-    """Whether `t` (a gradient, a momentum buffer) is stored like `x` on this rank:
-    both DTensors or neither, local shards of one shape, dtype and device."""
+    """Whether `t` (a gradient, a momentum buffer) is stored like `x`: both DTensors
+    with the same mesh and placements (a ``Partial`` gradient must be reduced first)
+    or neither, and local shards of one shape, dtype and device."""
     if is_dtensor(t) != is_dtensor(x):
+        return False
+    if is_dtensor(t) and (t.device_mesh != x.device_mesh or t.placements != x.placements):
         return False
     a, b = _local(t), _local(x)
     return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device

@@ -117,7 +117,9 @@ def _sgd_group_squares_fake(
     maximize=False,
 ):
     real = next((p for p in params if p.device.type != "meta"), None)
-    _no_meta_beside_real("sgd_group_squares_", real, "params", grads=grads, momentum_buffers=momentum_buffers)
+    _no_meta_beside_real(
+        "sgd_group_squares_", real, "params", params=params, grads=grads, momentum_buffers=momentum_buffers
+    )
     device = params[0].device if params else torch.device("cpu")
     return torch.empty(sum(layout[1::3]), dtype=torch.float64, device=device)
 
