@@ -39,9 +39,9 @@ std::string short_name(const c10::OperatorHandle& op) {
   return full.substr(full.find("::") + 2);
 }
 
-// The in-place ops (prox_, prox_multi_, prox_coupled_, sgd_group_squares_) at the Autograd key: with grad mode
-// on, an argument that requires grad is an error, as an in-place op on a leaf
-// is in torch, since no graph can record the change.
+// The in-place ops (prox_, prox_multi_, prox_coupled_, sgd_group_squares_) at the Autograd key:
+// with grad mode on, an argument that requires grad is an error, as an in-place op on a leaf is in
+// torch, since no graph can record the change.
 void inplace_without_derivative(const c10::OperatorHandle& op, c10::DispatchKeySet keys,
                                 torch::jit::Stack* stack) {
   if (at::GradMode::is_enabled()) {

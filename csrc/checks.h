@@ -239,7 +239,8 @@ inline void check_strengths(const char* op, const at::Tensor& lam, const at::Ten
 // A tensor an op writes in place: no two elements may share memory (an expanded view).
 inline void check_writable(const char* op, const char* name, const at::Tensor& t, int64_t i) {
   TORCH_CHECK_VALUE(at::has_internal_overlap(t) != at::MemOverlap::Yes, "wgsef.", op, ": ", name,
-                    "[", i, "] has elements that share memory (an expanded view); pass a tensor "
+                    "[", i,
+                    "] has elements that share memory (an expanded view); pass a tensor "
                     "that owns each element");
 }
 
@@ -261,9 +262,9 @@ inline std::vector<GroupedTensor> check_tensor_list(
   tensors.reserve(n);
   int64_t offset = 0;
   for (int64_t i = 0; i < n; ++i) {
-    TORCH_CHECK_VALUE(xs[i].device() == xs[0].device(), "wgsef.", op,
-                      ": every tensor must be on ", name, "[0]'s device ", xs[0].device(), ", got ",
-                      name, "[", i, "] on ", xs[i].device());
+    TORCH_CHECK_VALUE(xs[i].device() == xs[0].device(), "wgsef.", op, ": every tensor must be on ",
+                      name, "[0]'s device ", xs[0].device(), ", got ", name, "[", i, "] on ",
+                      xs[i].device());
     check_writable(op, name, xs[i], i);
     tensors.push_back(check_grouped_tensor(op, xs[i], i, layout, group_ids, weights, offset, name));
     if (xs[i].device().is_cpu()) check_weight_values(op, tensors.back().layout);
@@ -297,10 +298,11 @@ inline int64_t layout_groups(at::IntArrayRef layout) {
 
 // sgd_group_squares_: torch.optim.SGD's rules for the hyperparameters, grads
 // and momentum buffers shaped like their params, and the params' layouts.
-inline std::vector<GroupedTensor> check_sgd_squares_args(
-    const char* op, at::TensorList params, at::TensorList grads, at::TensorList bufs,
-    at::IntArrayRef layout, double lr, double weight_decay, double momentum, double dampening,
-    bool nesterov) {
+inline std::vector<GroupedTensor> check_sgd_squares_args(const char* op, at::TensorList params,
+                                                         at::TensorList grads, at::TensorList bufs,
+                                                         at::IntArrayRef layout, double lr,
+                                                         double weight_decay, double momentum,
+                                                         double dampening, bool nesterov) {
   check_nonnegative(op, "lr", lr);
   check_nonnegative(op, "weight_decay", weight_decay);
   check_nonnegative(op, "momentum", momentum);
@@ -310,13 +312,14 @@ inline std::vector<GroupedTensor> check_sgd_squares_args(
                     ": nesterov needs momentum > 0 and dampening = 0, got momentum = ", momentum,
                     " and dampening = ", dampening);
   const size_t n = params.size();
-  TORCH_CHECK_VALUE(grads.size() == n, "wgsef.", op, ": grads must have one entry per param (",
-                    n, "), got ", grads.size());
+  TORCH_CHECK_VALUE(grads.size() == n, "wgsef.", op, ": grads must have one entry per param (", n,
+                    "), got ", grads.size());
   const size_t expected_bufs = momentum != 0.0 ? n : 0;
   TORCH_CHECK_VALUE(bufs.size() == expected_bufs, "wgsef.", op, ": momentum_buffers must have ",
-                    expected_bufs, " entries (", momentum != 0.0 ? "one per param" : "momentum is 0",
-                    "), got ", bufs.size());
-  const auto check_like = [&](const char* name, const at::Tensor& t, const at::Tensor& p, size_t i) {
+                    expected_bufs, " entries (",
+                    momentum != 0.0 ? "one per param" : "momentum is 0", "), got ", bufs.size());
+  const auto check_like = [&](const char* name, const at::Tensor& t, const at::Tensor& p,
+                              size_t i) {
     TORCH_CHECK_VALUE(t.sizes() == p.sizes() && t.device() == p.device() &&
                           t.scalar_type() == p.scalar_type() && t.layout() == at::kStrided,
                       "wgsef.", op, ": ", name, "[", i, "] must be a dense tensor like params[", i,

@@ -93,19 +93,20 @@ at::Tensor sgd_group_squares_(at::TensorList params, at::TensorList grads, at::T
                               double momentum, double dampening, bool nesterov, bool maximize) {
   const std::vector<GroupedTensor> tensors = check_sgd_squares_args(
       kOp, params, grads, bufs, layout, lr, weight_decay, momentum, dampening, nesterov);
-  at::Tensor squares = at::zeros({layout_groups(layout)}, params.empty() ? at::TensorOptions().dtype(at::kDouble)
-                                                         : params[0].options().dtype(at::kDouble));
+  at::Tensor squares =
+      at::zeros({layout_groups(layout)}, params.empty() ? at::TensorOptions().dtype(at::kDouble)
+                                                        : params[0].options().dtype(at::kDouble));
   for (size_t i = 0; i < tensors.size(); ++i) {
     const GroupedTensor& t = tensors[i];
     if (t.data.numel() == 0) continue;
     // the kernel works on contiguous copies of strided inputs and writes them back
-    at::Tensor p = t.data, g = grads[i].contiguous(), buf = bufs.empty() ? at::Tensor() : bufs[i].contiguous();
+    at::Tensor p = t.data, g = grads[i].contiguous(),
+               buf = bufs.empty() ? at::Tensor() : bufs[i].contiguous();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(), kOp, [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      const SgdCoefficients<acc_t> c{static_cast<acc_t>(lr), static_cast<acc_t>(weight_decay),
-                                     static_cast<acc_t>(momentum),
-                                     static_cast<acc_t>(1.0 - dampening),
-                                     static_cast<acc_t>(maximize ? -1.0 : 1.0)};
+      const SgdCoefficients<acc_t> c{
+          static_cast<acc_t>(lr), static_cast<acc_t>(weight_decay), static_cast<acc_t>(momentum),
+          static_cast<acc_t>(1.0 - dampening), static_cast<acc_t>(maximize ? -1.0 : 1.0)};
       update_and_sum(p.mutable_data_ptr<scalar_t>(), g.const_data_ptr<scalar_t>(),
                      buf.defined() ? buf.mutable_data_ptr<scalar_t>() : nullptr, t.layout, c,
                      weight_decay != 0.0, nesterov, squares.mutable_data_ptr<double>() + t.offset);
