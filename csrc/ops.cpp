@@ -47,6 +47,18 @@ TORCH_LIBRARY(wgsef, m) {
       "prox_coupled_(Tensor(a!)[] xs, int[] layout, Tensor?[] group_ids, Tensor[] coupling, "
       "int[] term_sizes, Tensor? weights, int[] k, Tensor lam, Tensor lr) -> ()");
 
+  // prox_multi_ on terms of single-element groups ("elements") whose tensors
+  // are spread over processes: xs are this process's shards (groups: their
+  // elements), counted[i] says whether xs[i]'s elements count towards its term
+  // here (False for a copy that another process counts), k, lam, lr and shared
+  // as in prox_multi_, with k the whole term's budget. The threshold search
+  // streams the shards and completes its few counts and sums per pass with an
+  // all_reduce over each of process_groups (c10d group names; empty: one
+  // process); process_index is this process's place among process_count.
+  m.def(
+      "prox_elements_(Tensor(a!)[] xs, Tensor?[] weights, bool[] counted, int[] k, Tensor lam, "
+      "Tensor lr, bool shared, str[] process_groups, int process_index, int process_count) -> ()");
+
   // One torch.optim.SGD step on every tensor of a param group, fused with the
   // float64 squared group norms of the updated params, which the sharded prox
   // all-reduces before it scales (docs/design.md §8): one pass over params,

@@ -200,11 +200,16 @@ def _fsdp_worker(rank, world, mesh_shape, configs):
 
     names = ("replicate", "shard") if len(mesh_shape) == 2 else None  # HSDP: replicate x shard
     mesh = init_device_mesh("cpu", mesh_shape, mesh_dim_names=names)
-    fused_steps = []  # calls of the fused SGD step, which strided groups under FSDP2 take
-    fused = wgsef.ops.sgd_group_squares_
-    wgsef.ops.sgd_group_squares_ = lambda *args, **kwargs: fused_steps.append(1) or fused(*args, **kwargs)
+    calls = {}  # the ops that the steps on strided groups take, by name
+
+    def counting(name):
+        op = getattr(wgsef.ops, name)
+        return lambda *args, **kwargs: calls.setdefault(name, []).append(1) or op(*args, **kwargs)
+
+    for name in ("sgd_group_squares_", "prox_elements_"):
+        setattr(wgsef.ops, name, counting(name))
     for config in configs:
-        fused_steps.clear()
+        calls.clear()
         coupled = config == "coupled"
         reference, model = (ResidualNet(), ResidualNet()) if coupled else (mlp(), mlp())
         shape = (4, 3, 6, 6) if coupled else (16, 12)
@@ -234,7 +239,8 @@ def _fsdp_worker(rank, world, mesh_shape, configs):
 
         runs = [(reference, ref_opt, ref_opt.freeze_support), (model, opt, opt.freeze_support)]
         side_by_side(runs, 6, freeze_at=3, shape=shape, after_step=check)
-        assert bool(fused_steps) == (config in FUSED_CONFIGS), config
+        assert ("sgd_group_squares_" in calls) == (config in FUSED_CONFIGS), config
+        assert ("prox_elements_" in calls) == (config == "shared_elements"), config
         report = str(wgsef.sparsity_report(opt))
         assert report == str(wgsef.sparsity_report(ref_opt)), config
     return True
@@ -242,8 +248,9 @@ def _fsdp_worker(rank, world, mesh_shape, configs):
 
 CONFIGS = ["per_tensor", "shared_elements", "shared_layers", "sgd_options", "ids_weights", "coupled", "adamw"]
 # configs whose groups are all strided on every shard: ProxSGD fuses SGD with the norms
-# (per_tensor's heads are split by shard boundaries; ids and coupled groups are not strided)
-FUSED_CONFIGS = {"shared_elements", "shared_layers", "sgd_options"}
+# (per_tensor's heads are split by shard boundaries; ids and coupled groups are not
+# strided; single-element groups search by passes, prox_elements_, without norms)
+FUSED_CONFIGS = {"shared_layers", "sgd_options"}
 
 
 def test_fsdp2_two_ranks():
@@ -656,6 +663,40 @@ def _edge_worker(rank, world):
         with pytest.raises(ValueError, match=f"{key}: the ranks disagree"):
             opt.step()
         assert all(torch.equal(p.detach().to_local(), q) for p, q in zip(model.parameters(), before))
+
+    # single-element groups search by passes (prox_elements_): large enough for the
+    # sampled bracket, with weights, budgets below, near and above the non-zero count
+    big = torch.randn(210, 100, dtype=torch.float64, generator=gen)
+    big[5] = 0
+    element_weights = torch.rand(big.numel(), dtype=torch.float64, generator=gen) + 0.5
+    for placement in (Shard(0), Shard(1)):
+        d = distribute_tensor(big, mesh, [placement])
+        for weights in (None, element_weights):
+            for k, lam in ((5000, 0.3), (20800, 1.0), (0, 0.5), (30000, 0.5)):
+                want = wgsef.prox(big, k, lam, "elements", weights)
+                got = wgsef.prox(d, k, lam, "elements", weights).full_tensor()
+                torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    # one budget over a sharded and a replicated tensor (counted once) and per-tensor terms
+    a0 = torch.randn(120, 90, dtype=torch.float64, generator=gen)
+    b0 = torch.randn(40, 50, dtype=torch.float64, generator=gen)
+    grads = [torch.randn_like(a0), torch.randn_like(b0)]
+    for shared_k, k in ((True, 0.3), (False, [0.2, 0.6])):
+        pair = [
+            nn.Parameter(distribute_tensor(a0, mesh, [Shard(1)])),
+            nn.Parameter(distribute_tensor(b0, mesh, [Replicate()])),
+        ]
+        ref_pair = [nn.Parameter(a0.clone()), nn.Parameter(b0.clone())]
+        opts = [
+            wgsef.ProxSGD([{"params": ps, "groups": "elements", "k": k, "lam": 0.5, "shared_k": shared_k}], lr=0.1)
+            for ps in (pair, ref_pair)
+        ]
+        for _ in range(2):
+            for ps, o in zip((pair, ref_pair), opts):
+                for p, g in zip(ps, grads):
+                    p.grad = distribute_tensor(g, mesh, p.placements) if hasattr(p, "placements") else g.clone()
+                o.step()
+        for p, q in zip(pair, ref_pair):
+            torch.testing.assert_close(full(p), q.detach(), rtol=0, atol=1e-12)
 
     # a replicated param with Partial gradients (tensor parallel): the fused SGD step
     # needs gradients placed like their params, so the step reduces them first

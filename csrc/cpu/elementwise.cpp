@@ -18,10 +18,12 @@ namespace {
 constexpr int64_t kChunk = int64_t{1} << 15;
 
 // One tensor of a term of single-element groups: c_i = sqrt(d_i) |x_i| and
-// w_i = lam d_i of its element i. src and dst may be the same tensor.
+// w_i = lam d_i of its element i. src and dst may be the same tensor. A span
+// that is not counted (a copy another process counts) is only scaled.
 struct Span {
   at::Tensor src, dst;
   const double* d;
+  bool counted = true;
   double c(double x, int64_t i) const { return d ? std::sqrt(d[i]) * std::abs(x) : std::abs(x); }
   double w(double lam, int64_t i) const { return d ? lam * d[i] : lam; }
 };
@@ -39,6 +41,7 @@ template <int N, typename Body>
 std::array<double, N> chunked_sums(const std::vector<Span>& spans, const Body& body) {
   std::array<double, N> total{};
   for (const Span& s : spans) {
+    if (!s.counted) continue;
     with_source(s, [&](const auto* x, int64_t n) {
       std::vector<std::array<double, N>> partial(static_cast<size_t>((n + kChunk - 1) / kChunk));
       at::parallel_for(0, static_cast<int64_t>(partial.size()), 1, [&](int64_t c0, int64_t c1) {
@@ -55,10 +58,12 @@ std::array<double, N> chunked_sums(const std::vector<Span>& spans, const Body& b
 }
 
 // The term's counts and its largest breakpoint max_i (w_i + 1) / c_i.
-std::pair<TermCounts, double> summarise(const std::vector<Span>& spans, double lam) {
+std::pair<TermCounts, double> summarise(const std::vector<Span>& spans, double lam,
+                                        const ProcessSpread& spread) {
   std::array<double, 3> counts{};
   double top = 0.0;
   for (const Span& s : spans) {
+    if (!s.counted) continue;
     with_source(s, [&](const auto* x, int64_t n) {
       std::vector<std::array<double, 4>> partial(static_cast<size_t>((n + kChunk - 1) / kChunk));
       at::parallel_for(0, static_cast<int64_t>(partial.size()), 1, [&](int64_t c0, int64_t c1) {
@@ -81,6 +86,8 @@ std::pair<TermCounts, double> summarise(const std::vector<Span>& spans, double l
       }
     });
   }
+  spread.sum(counts.data(), 3);
+  spread.max(&top, 1);
   TermCounts t;
   t.nonzero = static_cast<int64_t>(counts[0]);
   t.has_nan = counts[1] > 0.0;
@@ -109,7 +116,7 @@ double sample_root(const std::vector<double>& c, const std::vector<double>& w, d
 // side); one pass each checks them, and the Newton steps start from that
 // bracket. A point that fails its check still narrows the full bracket [0, top].
 double threshold(const std::vector<Span>& spans, double lam, const TermCounts& t, int64_t k,
-                 double top) {
+                 double top, const ProcessSpread& spread) {
   const auto segment = [&](double at, double (&seg)[3]) {
     const auto sums = chunked_sums<3>(
         spans, [&](const Span& s, const auto* x, int64_t begin, int64_t end, auto& acc) {
@@ -125,27 +132,45 @@ double threshold(const std::vector<Span>& spans, double lam, const TermCounts& t
           }
         });
     seg[0] = sums[0], seg[1] = sums[1], seg[2] = sums[2];
+    spread.sum(seg, 3);
   };
   Bracket b = full_bracket(t.nonzero, k, top);
   constexpr int64_t kSample = 4096;
-  int64_t total = 0;
-  for (const Span& s : spans) total += s.src.numel();
+  // the term's elements in order: process by process, each one's counted spans
+  int64_t local = 0, first = 0, total = 0;
+  for (const Span& s : spans) local += s.counted ? s.src.numel() : 0;
+  std::vector<double> sizes(static_cast<size_t>(spread.count), 0.0);
+  sizes[spread.index] = static_cast<double>(local);
+  spread.sum(sizes.data(), spread.count);
+  for (int64_t r = 0; r < spread.count; ++r) {
+    first += r < spread.index ? static_cast<int64_t>(sizes[r]) : 0;
+    total += static_cast<int64_t>(sizes[r]);
+  }
   if (total > 4 * kSample) {
-    std::vector<double> c, w;
-    int64_t first = 0;  // the first element of the current span, in the whole term
+    // sample j (positions j * total / kSample) as (taken, c, w), filled by the
+    // process that holds it; non-zero elements only
+    std::vector<double> slots(3 * kSample, 0.0);
     for (const Span& s : spans) {
+      if (!s.counted) continue;
       with_source(s, [&](const auto* x, int64_t n) {
-        // sample positions j * total / kSample that fall in this span
         for (int64_t j = (first * kSample + total - 1) / total; j * total / kSample < first + n;
              ++j) {
           const int64_t i = j * total / kSample - first;
           const double v = static_cast<double>(x[i]);
           if (v == 0.0) continue;
-          c.push_back(s.c(v, i));
-          w.push_back(s.w(lam, i));
+          slots[3 * j] = 1.0;
+          slots[3 * j + 1] = s.c(v, i);
+          slots[3 * j + 2] = s.w(lam, i);
         }
       });
       first += s.src.numel();
+    }
+    spread.sum(slots.data(), 3 * kSample);
+    std::vector<double> c, w;
+    for (int64_t j = 0; j < kSample; ++j) {
+      if (slots[3 * j] == 0.0) continue;
+      c.push_back(slots[3 * j + 1]);
+      w.push_back(slots[3 * j + 2]);
     }
     const double share = static_cast<double>(k) / static_cast<double>(t.nonzero);
     const double expected = share * static_cast<double>(c.size());
@@ -171,7 +196,7 @@ double threshold(const std::vector<Span>& spans, double lam, const TermCounts& t
 // eta of the value's shares, +inf where no search is needed.
 double envelope_threshold(const std::vector<Span>& spans, const TermCounts& t, int64_t k,
                           double top) {
-  return envelope_searches(t, k) ? threshold(spans, 0.0, t, k, top)
+  return envelope_searches(t, k) ? threshold(spans, 0.0, t, k, top, {})
                                  : std::numeric_limits<double>::infinity();
 }
 
@@ -194,9 +219,10 @@ void scale_spans(const std::vector<Span>& spans, const F& per_element) {
   }
 }
 
-void prox_spans(const std::vector<Span>& spans, int64_t k, double lam) {
-  const auto [t, top] = summarise(spans, lam);
-  const double eta = prox_searches(t, k, lam) ? threshold(spans, lam, t, k, top) : 0.0;
+void prox_spans(const std::vector<Span>& spans, int64_t k, double lam,
+                const ProcessSpread& spread = {}) {
+  const auto [t, top] = summarise(spans, lam, spread);
+  const double eta = prox_searches(t, k, lam) ? threshold(spans, lam, t, k, top, spread) : 0.0;
   scale_spans(spans, [&, t = t](const Span& s, double v, int64_t i) {
     return prox_factor(t, k, lam, s.c(v, i), eta, s.w(lam, i));
   });
@@ -209,15 +235,19 @@ void prox_elementwise(const at::Tensor& src, const at::Tensor& dst, const double
   prox_spans({Span{src, dst, d}}, k, lam);
 }
 
-void prox_elementwise(const std::vector<GroupedTensor>& tensors, int64_t k, double lam) {
+void prox_elementwise(const std::vector<GroupedTensor>& tensors, int64_t k, double lam,
+                      const ProcessSpread& spread, const std::vector<bool>& counted) {
   std::vector<Span> spans;
-  for (const GroupedTensor& t : tensors) spans.push_back({t.data, t.data, t.layout.weight_data()});
-  prox_spans(spans, k, lam);
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const GroupedTensor& t = tensors[i];
+    spans.push_back({t.data, t.data, t.layout.weight_data(), counted.empty() || counted[i]});
+  }
+  prox_spans(spans, k, lam, spread);
 }
 
 double value_elementwise(const at::Tensor& x, const double* d, int64_t k) {
   const std::vector<Span> spans{Span{x, x, d}};
-  const auto [t, top] = summarise(spans, 0.0);
+  const auto [t, top] = summarise(spans, 0.0, {});
   const double eta = envelope_threshold(spans, t, k, top);
   if (!t.finite()) return envelope_value_from(t, k, 0.0);
   const auto total = chunked_sums<1>(
@@ -234,7 +264,7 @@ double value_elementwise(const at::Tensor& x, const double* d, int64_t k) {
 void grad_elementwise(const at::Tensor& x, const at::Tensor& out, const double* d, int64_t k,
                       double upstream) {
   const std::vector<Span> spans{Span{x, out, d}};
-  const auto [t, top] = summarise(spans, 0.0);
+  const auto [t, top] = summarise(spans, 0.0, {});
   const double eta = envelope_threshold(spans, t, k, top);
   scale_spans(spans, [&, t = t](const Span& s, double v, int64_t i) {
     return upstream * grad_scale(t, k, s.c(v, i), s.d ? s.d[i] : 1.0, eta);

@@ -7,11 +7,28 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <string>
 #include <vector>
 
 #include "../checks.h"
 
 namespace wgsef::cpu {
+
+// The processes over which one term's elements are spread (torch.distributed):
+// each holds some of them, and the search's counts and sums are completed by
+// c10d's functional all_reduce over each named process group in turn. With no
+// groups, one process holds them all. index is this process's place in the
+// term's element order, among count processes.
+struct ProcessSpread {
+  std::vector<std::string> groups;
+  int64_t index = 0, count = 1;
+
+  void sum(double* values, int64_t n) const { reduce(values, n, "sum"); }
+  void max(double* values, int64_t n) const { reduce(values, n, "max"); }
+
+ private:
+  void reduce(double* values, int64_t n, const char* op) const;
+};
 
 inline bool is_elementwise(const GroupLayout& g) {
   return !g.group_ids.defined() && g.outer == 1 && g.inner == 1;
@@ -23,8 +40,11 @@ void prox_elementwise(const at::Tensor& src, const at::Tensor& dst, const double
                       double lam);
 
 // The same in place, for one term over the elements of several tensors (a
-// shared prox_multi_ term); every tensor must be is_elementwise.
-void prox_elementwise(const std::vector<GroupedTensor>& tensors, int64_t k, double lam);
+// shared prox_multi_ term); every tensor must be is_elementwise. With a spread,
+// the tensors hold this process's part of the term, and tensor i counts
+// towards it only where counted[i] (empty: all count).
+void prox_elementwise(const std::vector<GroupedTensor>& tensors, int64_t k, double lam,
+                      const ProcessSpread& spread = {}, const std::vector<bool>& counted = {});
 
 // WGSEF_{k,d}(x), elementwise groups.
 double value_elementwise(const at::Tensor& x, const double* d, int64_t k);

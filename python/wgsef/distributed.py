@@ -234,15 +234,16 @@ class ShardedGroups:
         reduce_dims = tuple(sorted({d for g in groups for d in g.shard_mesh_dims}))
         coordinate = mesh.get_coordinate()
         contributes = [all(coordinate[d] == 0 for d in reduce_dims if d not in g.shard_mesh_dims) for g in groups]
-        self._init(
-            groups,
-            contributes,
-            [True] * len(groups),
-            [mesh.get_group(d) for d in reduce_dims],
-            _local(xs[0]).device,
-        )
+        reduce_groups = [mesh.get_group(d) for d in reduce_dims]
+        self._init(groups, contributes, [True] * len(groups), reduce_groups, _local(xs[0]).device)
+        # this rank's place among those the reduction spans (row-major over the reduce dims)
+        index = 0
+        for d in reduce_dims:
+            index = index * mesh.size(d) + coordinate[d]
+        self.process_index, self.process_count = index, math.prod(mesh.size(d) for d in reduce_dims)
 
     def _init(self, groups, contributes, writes, reduce_groups, device) -> None:
+        self.process_index, self.process_count = None, None  # set on a mesh (not under ZeRO)
         self.groups = groups
         self.contributes = contributes  # whose squares this rank adds
         self.writes = writes  # which tensors this rank scales
@@ -251,6 +252,7 @@ class ShardedGroups:
         # with strided layouts only, all tensors' local groups go through one gather and
         # one scatter: their positions in the buffer of all groups, in tensor order
         self.strided = all(g.view is not None for g in groups)
+        self.elementwise = False
         if self.strided:
             offsets = [0]
             for g in groups:
@@ -269,6 +271,9 @@ class ShardedGroups:
             starts = [0]
             for n in self._local_sizes:
                 starts.append(starts[-1] + n)
+            # single-element groups: prox_elements_ searches by passes instead of
+            # all-reducing a norm per element
+            self.elementwise = all(g.view[0] == 1 and g.view[2] == 1 for g in groups)
             self._contributing = None
             if not all(contributes):
                 chosen = [torch.arange(b, e) for b, e, c in zip(starts, starts[1:], contributes) if c]
@@ -392,7 +397,43 @@ class ShardedGroups:
             self.reduce_groups,
             self.device,
         )
+        subset.process_index, subset.process_count = self.process_index, self.process_count
         return subset
+
+    @property
+    def searches_by_passes(self) -> bool:
+        """Whether the prox runs ``prox_elements_``: single-element groups of CPU
+        tensors on a mesh (a CUDA kernel for it does not exist yet)."""
+        return self.elementwise and self.process_count is not None and self.device.type == "cpu"
+
+    def prox_elements_(
+        self,
+        xs: Sequence[Tensor],
+        weights: Sequence[Tensor | None],
+        k: Sequence[int],
+        lam: Tensor,
+        lr: Tensor,
+        shared: bool,
+    ) -> None:
+        """The prox of single-element groups: the search streams the local shards and
+        all-reduces a few counts and sums per pass (``ops.prox_elements_``)."""
+        local_weights = []
+        for d, g in zip(weights or [], self.groups):
+            if d is not None:
+                d = d.to(self.device)[g.group_slice if g.group_slice is not None else g.group_index]
+            local_weights.append(d)
+        ops.prox_elements_(
+            [_local(x) for x in xs],
+            local_weights if any(d is not None for d in local_weights) else [],
+            list(self.contributes),
+            list(k),
+            lam,
+            lr,
+            shared,
+            [group.group_name for group in self.reduce_groups],
+            self.process_index,
+            self.process_count,
+        )
 
 
 def agree(groups: Sequence, device: torch.device, fingerprint: dict[str, Any], error: BaseException | None) -> None:
@@ -443,6 +484,8 @@ def prox_multi_(
 ) -> None:
     """``ops.prox_multi_`` on sharded tensors: each tensor its own term, or one shared
     term. `squares`: the all-reduced squares, where the caller has them already."""
+    if squares is None and sharded.searches_by_passes:
+        return sharded.prox_elements_(xs, weights, k, lam, lr, shared)
     norms = (sharded.squares_buffer(xs) if squares is None else squares).sqrt_()
     sizes = [g.num_groups for g in sharded.groups]
     out = norms.clone()

@@ -19,6 +19,7 @@ __all__ = [
     "prox",
     "prox_",
     "prox_coupled_",
+    "prox_elements_",
     "prox_multi_",
     "sgd_group_squares_",
     "value",
@@ -32,6 +33,7 @@ prox = torch.ops.wgsef.prox.default
 prox_ = torch.ops.wgsef.prox_.default
 prox_multi_ = torch.ops.wgsef.prox_multi_.default
 prox_coupled_ = torch.ops.wgsef.prox_coupled_.default
+prox_elements_ = torch.ops.wgsef.prox_elements_.default
 sgd_group_squares_ = torch.ops.wgsef.sgd_group_squares_.default
 nm_mask = torch.ops.wgsef.nm_mask.default
 nm_decay = torch.ops.wgsef.nm_decay.default
@@ -100,6 +102,13 @@ def _prox_coupled_fake(xs, layout, group_ids, coupling, term_sizes, weights, k, 
 def _prox_multi_fake(xs, layout, group_ids, weights, k, lam, lr, shared=False):
     real = next((x for x in xs if x.device.type != "meta"), None)
     _no_meta_beside_real("prox_multi_", real, "xs", xs=xs, group_ids=group_ids, weights=weights, lam=lam, lr=lr)
+    return None
+
+
+@torch.library.register_fake("wgsef::prox_elements_")
+def _prox_elements_fake(xs, weights, counted, k, lam, lr, shared, process_groups, process_index, process_count):
+    real = next((x for x in xs if x.device.type != "meta"), None)
+    _no_meta_beside_real("prox_elements_", real, "xs", xs=xs, weights=weights, lam=lam, lr=lr)
     return None
 
 

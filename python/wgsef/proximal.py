@@ -524,11 +524,12 @@ class WGSEFProx:
         prox's group norms (one pass over the local shards, ``ops.sgd_group_squares_``),
         then the norms' all-reduce and the scaling. Returns False, having done nothing,
         where the fused step does not apply: no DTensors, the first step with momentum
-        (no buffers yet), frozen or coupled groups, group ids, params without a gradient."""
+        (no buffers yet), frozen or coupled groups, group ids, params without a gradient,
+        single-element groups on the CPU (their prox needs no norms)."""
         if not self.regularized(group) or self.is_frozen(group) or len(params) != len(group["params"]):
             return False
         terms = self.terms(group)
-        if not terms.dtensors or terms.coupled or not terms.sharded.strided:
+        if not terms.dtensors or terms.coupled or not terms.sharded.strided or terms.sharded.searches_by_passes:
             return False
         momentum = group["momentum"]
         bufs = bufs if momentum != 0 else []
