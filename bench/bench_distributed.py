@@ -9,7 +9,9 @@ random, so only the optimizer step is timed. Both optimizers run interleaved in
 one run, each call between barriers; a step's time is the slowest rank's.
 
 Bytes: the prox all-reduces 8 bytes (float64) per group per step, plus a 96-byte
-agreement check; a ring all-reduce sends 2 (n-1)/n times the payload per rank.
+agreement check; single-element groups instead all-reduce a few float64 sums per
+pass of their search and a 4096-point sample per term; a ring all-reduce sends
+2 (n-1)/n times the payload per rank.
 FSDP2 sends (n-1)/n of the float32 parameters per rank three times per step
 (all-gather in forward, again in backward, reduce-scatter of the gradients).
 """
@@ -17,6 +19,7 @@ FSDP2 sends (n-1)/n of the float32 parameters per rank three times per step
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import tempfile
@@ -68,7 +71,9 @@ def _timed_step(opt) -> float:
 
 
 def _count_all_reduce(step) -> int:
-    """Payload bytes of the all-reduces one call of `step` issues."""
+    """Payload bytes of the all-reduces one call of `step` issues: torch.distributed's
+    from Python, and c10d's functional ones that the native search by passes
+    (prox_elements_) issues through the dispatcher, from a profile (float64 payloads)."""
     counted = []
     original = dist.all_reduce
 
@@ -78,10 +83,12 @@ def _count_all_reduce(step) -> int:
 
     dist.all_reduce = counting
     try:
-        step()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+            step()
     finally:
         dist.all_reduce = original
-    return sum(counted)
+    functional = [e for e in prof.events() if e.name == "_c10d_functional::all_reduce"]
+    return sum(counted) + sum(8 * math.prod(e.input_shapes[0]) for e in functional)
 
 
 def _worker(rank: int, world: int, init_file: str, repeats: int, results) -> None:

@@ -57,9 +57,17 @@ std::array<double, N> chunked_sums(const std::vector<Span>& spans, const Body& b
   return total;
 }
 
-// The term's counts and its largest breakpoint max_i (w_i + 1) / c_i.
-std::pair<TermCounts, double> summarise(const std::vector<Span>& spans, double lam,
-                                        const ProcessSpread& spread) {
+// A term's counts, its largest breakpoint max_i (w_i + 1) / c_i, and where this
+// process's elements start in the term's order (process by process) of total.
+struct Summary {
+  TermCounts t;
+  double top = 0.0;
+  int64_t first = 0, total = 0;
+};
+
+// The summary in one pass; across processes, one reduction of the counts and
+// of every process's element count and largest breakpoint.
+Summary summarise(const std::vector<Span>& spans, double lam, const ProcessSpread& spread) {
   std::array<double, 3> counts{};
   double top = 0.0;
   for (const Span& s : spans) {
@@ -86,13 +94,24 @@ std::pair<TermCounts, double> summarise(const std::vector<Span>& spans, double l
       }
     });
   }
-  spread.sum(counts.data(), 3);
-  spread.max(&top, 1);
-  TermCounts t;
-  t.nonzero = static_cast<int64_t>(counts[0]);
-  t.has_nan = counts[1] > 0.0;
-  t.has_inf = counts[2] > 0.0;
-  return {t, top};
+  int64_t local = 0;
+  for (const Span& s : spans) local += s.counted ? s.src.numel() : 0;
+  const int64_t p = spread.count;
+  std::vector<double> all(static_cast<size_t>(3 + 2 * p), 0.0);  // counts, sizes, tops
+  std::copy(counts.begin(), counts.end(), all.begin());
+  all[3 + spread.index] = static_cast<double>(local);
+  all[3 + p + spread.index] = top;
+  spread.sum(all.data(), static_cast<int64_t>(all.size()));
+  Summary r;
+  r.t.nonzero = static_cast<int64_t>(all[0]);
+  r.t.has_nan = all[1] > 0.0;
+  r.t.has_inf = all[2] > 0.0;
+  for (int64_t q = 0; q < p; ++q) {
+    r.first += q < spread.index ? static_cast<int64_t>(all[3 + q]) : 0;
+    r.total += static_cast<int64_t>(all[3 + q]);
+    r.top = std::max(r.top, all[3 + p + q]);
+  }
+  return r;
 }
 
 // Where a strided sample of the groups puts the root of h(eta) = target (in
@@ -115,8 +134,9 @@ double sample_root(const std::vector<double>& c, const std::vector<double>& w, d
 // root closely (the sample count's spread, four standard deviations either
 // side); one pass each checks them, and the Newton steps start from that
 // bracket. A point that fails its check still narrows the full bracket [0, top].
-double threshold(const std::vector<Span>& spans, double lam, const TermCounts& t, int64_t k,
-                 double top, const ProcessSpread& spread) {
+double threshold(const std::vector<Span>& spans, double lam, const Summary& summary, int64_t k,
+                 const ProcessSpread& spread) {
+  const TermCounts& t = summary.t;
   const auto segment = [&](double at, double (&seg)[3]) {
     const auto sums = chunked_sums<3>(
         spans, [&](const Span& s, const auto* x, int64_t begin, int64_t end, auto& acc) {
@@ -134,18 +154,12 @@ double threshold(const std::vector<Span>& spans, double lam, const TermCounts& t
     seg[0] = sums[0], seg[1] = sums[1], seg[2] = sums[2];
     spread.sum(seg, 3);
   };
+  const double top = summary.top;
   Bracket b = full_bracket(t.nonzero, k, top);
   constexpr int64_t kSample = 4096;
   // the term's elements in order: process by process, each one's counted spans
-  int64_t local = 0, first = 0, total = 0;
-  for (const Span& s : spans) local += s.counted ? s.src.numel() : 0;
-  std::vector<double> sizes(static_cast<size_t>(spread.count), 0.0);
-  sizes[spread.index] = static_cast<double>(local);
-  spread.sum(sizes.data(), spread.count);
-  for (int64_t r = 0; r < spread.count; ++r) {
-    first += r < spread.index ? static_cast<int64_t>(sizes[r]) : 0;
-    total += static_cast<int64_t>(sizes[r]);
-  }
+  int64_t first = summary.first;
+  const int64_t total = summary.total;
   if (total > 4 * kSample) {
     // sample j (positions j * total / kSample) as (taken, c, w), filled by the
     // process that holds it; non-zero elements only
@@ -194,10 +208,9 @@ double threshold(const std::vector<Span>& spans, double lam, const TermCounts& t
 }
 
 // eta of the value's shares, +inf where no search is needed.
-double envelope_threshold(const std::vector<Span>& spans, const TermCounts& t, int64_t k,
-                          double top) {
-  return envelope_searches(t, k) ? threshold(spans, 0.0, t, k, top, {})
-                                 : std::numeric_limits<double>::infinity();
+double envelope_threshold(const std::vector<Span>& spans, const Summary& summary, int64_t k) {
+  return envelope_searches(summary.t, k) ? threshold(spans, 0.0, summary, k, {})
+                                         : std::numeric_limits<double>::infinity();
 }
 
 // dst_i = src_i * per_element(span, src_i as double, i), for every span.
@@ -221,8 +234,9 @@ void scale_spans(const std::vector<Span>& spans, const F& per_element) {
 
 void prox_spans(const std::vector<Span>& spans, int64_t k, double lam,
                 const ProcessSpread& spread = {}) {
-  const auto [t, top] = summarise(spans, lam, spread);
-  const double eta = prox_searches(t, k, lam) ? threshold(spans, lam, t, k, top, spread) : 0.0;
+  const Summary summary = summarise(spans, lam, spread);
+  const TermCounts& t = summary.t;
+  const double eta = prox_searches(t, k, lam) ? threshold(spans, lam, summary, k, spread) : 0.0;
   scale_spans(spans, [&, t = t](const Span& s, double v, int64_t i) {
     return prox_factor(t, k, lam, s.c(v, i), eta, s.w(lam, i));
   });
@@ -247,8 +261,9 @@ void prox_elementwise(const std::vector<GroupedTensor>& tensors, int64_t k, doub
 
 double value_elementwise(const at::Tensor& x, const double* d, int64_t k) {
   const std::vector<Span> spans{Span{x, x, d}};
-  const auto [t, top] = summarise(spans, 0.0, {});
-  const double eta = envelope_threshold(spans, t, k, top);
+  const Summary summary = summarise(spans, 0.0, {});
+  const TermCounts& t = summary.t;
+  const double eta = envelope_threshold(spans, summary, k);
   if (!t.finite()) return envelope_value_from(t, k, 0.0);
   const auto total = chunked_sums<1>(
       spans, [&](const Span& s, const auto* p, int64_t begin, int64_t end, auto& acc) {
@@ -264,8 +279,9 @@ double value_elementwise(const at::Tensor& x, const double* d, int64_t k) {
 void grad_elementwise(const at::Tensor& x, const at::Tensor& out, const double* d, int64_t k,
                       double upstream) {
   const std::vector<Span> spans{Span{x, out, d}};
-  const auto [t, top] = summarise(spans, 0.0, {});
-  const double eta = envelope_threshold(spans, t, k, top);
+  const Summary summary = summarise(spans, 0.0, {});
+  const TermCounts& t = summary.t;
+  const double eta = envelope_threshold(spans, summary, k);
   scale_spans(spans, [&, t = t](const Span& s, double v, int64_t i) {
     return upstream * grad_scale(t, k, s.c(v, i), s.d ? s.d[i] : 1.0, eta);
   });

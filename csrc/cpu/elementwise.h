@@ -23,11 +23,8 @@ struct ProcessSpread {
   std::vector<std::string> groups;
   int64_t index = 0, count = 1;
 
-  void sum(double* values, int64_t n) const { reduce(values, n, "sum"); }
-  void max(double* values, int64_t n) const { reduce(values, n, "max"); }
-
- private:
-  void reduce(double* values, int64_t n, const char* op) const;
+  // values summed over the processes, in place (every process gets the same bits)
+  void sum(double* values, int64_t n) const;
 };
 
 inline bool is_elementwise(const GroupLayout& g) {

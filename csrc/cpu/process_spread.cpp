@@ -11,7 +11,7 @@
 
 namespace wgsef::cpu {
 
-void ProcessSpread::reduce(double* values, int64_t n, const char* op) const {
+void ProcessSpread::sum(double* values, int64_t n) const {
   if (groups.empty() || n == 0) return;
   static const c10::OperatorHandle all_reduce =
       c10::Dispatcher::singleton().findSchemaOrThrow("_c10d_functional::all_reduce", "");
@@ -19,7 +19,7 @@ void ProcessSpread::reduce(double* values, int64_t n, const char* op) const {
       c10::Dispatcher::singleton().findSchemaOrThrow("_c10d_functional::wait_tensor", "");
   at::Tensor buffer = at::from_blob(values, {n}, at::TensorOptions().dtype(at::kDouble)).clone();
   for (const std::string& group : groups) {
-    torch::jit::Stack stack{buffer, std::string(op), group};
+    torch::jit::Stack stack{buffer, std::string("sum"), group};
     all_reduce.callBoxed(&stack);
     torch::jit::Stack waited{stack[0]};
     wait.callBoxed(&waited);
