@@ -260,7 +260,7 @@ def test_fsdp2_two_ranks():
 def test_fsdp2_four_ranks_uneven_and_empty_shards_and_hsdp():
     # 1-D mesh of 4: the 5-row layer splits 2, 2, 1, 0 (an empty shard); then HSDP
     run_ranks(4, _fsdp_worker, (4,), ["per_tensor", "shared_elements", "coupled"])
-    run_ranks(4, _fsdp_worker, (2, 2), ["per_tensor", "ids_weights", "sgd_options"])
+    run_ranks(4, _fsdp_worker, (2, 2), ["per_tensor", "ids_weights", "sgd_options", "shared_elements"])
 
 
 # -- the functional API and N:M on DTensors ------------------------------------------

@@ -267,17 +267,17 @@ class ShardedGroups:
             self._local_sizes = [p.numel() for p in positions]
             self._gather = self._positions_of(contributes)
             self._scatter = self._positions_of(writes)
+            # single-element groups: prox_elements_ searches by passes instead of
+            # all-reducing a norm per element
+            self.elementwise = all(g.view[0] == 1 and g.view[2] == 1 for g in groups)
             # the local squares of the tensors this rank adds, in the concatenation of all local groups
             starts = [0]
             for n in self._local_sizes:
                 starts.append(starts[-1] + n)
-            # single-element groups: prox_elements_ searches by passes instead of
-            # all-reducing a norm per element
-            self.elementwise = all(g.view[0] == 1 and g.view[2] == 1 for g in groups)
             self._contributing = None
             if not all(contributes):
                 chosen = [torch.arange(b, e) for b, e, c in zip(starts, starts[1:], contributes) if c]
-                self._contributing = torch.cat(chosen).to(device) if chosen else self._gather
+                self._contributing = torch.cat(chosen or [torch.zeros(0, dtype=torch.int64)]).to(device)
 
     def _positions_of(self, flags: Sequence[bool]) -> Tensor:
         chosen = [p for p, f in zip(self._positions, flags) if f]
