@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <limits>
 #include <optional>
+#include <string>
 #include <vector>
 
 namespace wgsef {
@@ -30,11 +31,13 @@ struct GroupLayout {
   }
 };
 
-inline void check_floating_x(const char* op, const at::Tensor& x) {
+// name: the argument (with index >= 0, entry `index` of a list argument).
+inline void check_floating_x(const char* op, const at::Tensor& x, const char* name = "x",
+                             int64_t index = -1) {
   const auto t = x.scalar_type();
   TORCH_CHECK_TYPE(t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16,
-                   "wgsef.", op, ": x must be a float16, bfloat16, float32 or float64 tensor, got ",
-                   t);
+                   "wgsef.", op, ": ", name, index >= 0 ? "[" + std::to_string(index) + "]" : "",
+                   " must be a float16, bfloat16, float32 or float64 tensor, got ", t);
 }
 
 inline void check_k(const char* op, int64_t k) {
@@ -180,7 +183,7 @@ inline GroupedTensor check_grouped_tensor(const char* op, const at::Tensor& x, i
                                           const c10::List<std::optional<at::Tensor>>& group_ids,
                                           const c10::List<std::optional<at::Tensor>>& weights,
                                           int64_t offset, const char* name = "xs") {
-  check_floating_x(op, x);
+  check_floating_x(op, x, name, i);
   GroupedTensor t{x.contiguous(), {}, offset};
   const std::optional<at::Tensor> ids =
       group_ids.empty() ? std::nullopt : static_cast<std::optional<at::Tensor>>(group_ids.get(i));
@@ -290,9 +293,11 @@ inline std::vector<GroupedTensor> check_prox_multi_args(
 }
 
 // The groups of all tensors of a strided layout list (outer, groups, inner per tensor).
-inline int64_t layout_groups(at::IntArrayRef layout) {
+inline int64_t layout_groups(const char* op, at::IntArrayRef layout) {
   int64_t total = 0;
-  for (size_t i = 1; i < layout.size(); i += 3) total += layout[i];
+  for (size_t i = 1; i < layout.size(); i += 3)
+    TORCH_CHECK_VALUE(!__builtin_add_overflow(total, layout[i], &total), "wgsef.", op,
+                      ": layout's group counts add up to more than int64 holds");
   return total;
 }
 
@@ -337,6 +342,7 @@ inline std::vector<GroupedTensor> check_sgd_squares_args(const char* op, at::Ten
   }
   const c10::List<std::optional<at::Tensor>> none;  // no group ids, no weights
   std::vector<GroupedTensor> tensors = check_tensor_list(op, params, layout, none, none, "params");
+  layout_groups(op, layout);
   // offsets from the layout: a param without elements keeps its (zero) entries
   int64_t offset = 0;
   for (size_t i = 0; i < n; ++i) {
@@ -419,7 +425,7 @@ struct NMLayout {
 
 inline NMLayout check_nm_args(const char* op, const at::Tensor& w, int64_t n, int64_t m,
                               int64_t dim) {
-  check_floating_x(op, w);
+  check_floating_x(op, w, "w");
   TORCH_CHECK_VALUE(m >= 1, "wgsef.", op, ": m must be >= 1, got ", m);
   TORCH_CHECK_VALUE(n >= 0 && n <= m, "wgsef.", op, ": n must lie in [0, m = ", m, "], got ", n);
   TORCH_CHECK_VALUE(m <= std::numeric_limits<int32_t>::max(), "wgsef.", op, ": m is too large");

@@ -182,7 +182,7 @@ def test_bad_arguments(device):
         wgsef.nm_mask(w, 0, 0)
     with pytest.raises(ValueError, match="dim 3 is out of range"):
         wgsef.nm_mask(w, 1, 2, 3)
-    with pytest.raises(TypeError, match="x must be a float16"):
+    with pytest.raises(TypeError, match="w must be a float16"):
         wgsef.nm_mask(torch.ones(4, 4, dtype=torch.long, device=device), 2, 4)
     with pytest.raises(ValueError, match=r"decay must lie in \[0, 1\]"):
         wgsef.nm_decay(torch.randn(4, 8, device=device), 2, 4, 1.5)

@@ -170,8 +170,11 @@ def test_bad_arguments_raise_and_write_nothing(device):
                 change.get("nesterov", False),
             )
         assert torch.equal(p, p0) and torch.equal(b, b0), change
-    with pytest.raises(TypeError, match=r"params\[0\]|x must be a float"):
+    with pytest.raises(TypeError, match=r"params\[0\] must be a float16"):
         ops.sgd_group_squares_([p.long()], [g.long()], [b.long()], layout, 0.1, 0.0, 0.9)
+    empty = [torch.zeros(0, 3, dtype=torch.float64, device=device) for _ in range(2)]
+    with pytest.raises(ValueError, match="layout's group counts add up to more than int64 holds"):
+        ops.sgd_group_squares_(empty, empty, [], [0, 2**62, 1, 0, 2**62, 1], 0.1)
 
 
 def test_every_option_combination_against_the_reference():

@@ -93,9 +93,9 @@ at::Tensor sgd_group_squares_(at::TensorList params, at::TensorList grads, at::T
                               double momentum, double dampening, bool nesterov, bool maximize) {
   const std::vector<GroupedTensor> tensors = check_sgd_squares_args(
       kOp, params, grads, bufs, layout, lr, weight_decay, momentum, dampening, nesterov);
-  at::Tensor squares =
-      at::zeros({layout_groups(layout)}, params.empty() ? at::TensorOptions().dtype(at::kDouble)
-                                                        : params[0].options().dtype(at::kDouble));
+  at::Tensor squares = at::zeros({layout_groups(kOp, layout)},
+                                 params.empty() ? at::TensorOptions().dtype(at::kDouble)
+                                                : params[0].options().dtype(at::kDouble));
   for (size_t i = 0; i < tensors.size(); ++i) {
     const GroupedTensor& t = tensors[i];
     if (t.data.numel() == 0) continue;

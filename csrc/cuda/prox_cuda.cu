@@ -689,7 +689,7 @@ at::Tensor sgd_group_squares_(at::TensorList params, at::TensorList grads, at::T
     if (!p.is_same(params[i])) params[i].copy_(p);
     if (buf.defined() && !buf.is_same(bufs[i])) bufs[i].copy_(buf);
   }
-  at::Tensor squares = at::zeros({layout_groups(layout)}, doubles_on(params[0]));
+  at::Tensor squares = at::zeros({layout_groups(op, layout)}, doubles_on(params[0]));
   launch_sq_norms(tensors, squares.mutable_data_ptr<double>());
   return squares;
 }
