@@ -427,6 +427,27 @@ def _bad_input_worker(rank, world):
     # one rank's own check fails: it raises its error, the others that it rejected the step
     own = "k: 100 exceeds the number of groups" if rank == 1 else "another rank rejected this step"
     disagree(0, "k", [3, 100, 2], ValueError if rank == 1 else RuntimeError, own)
+
+    # the functional API: ranks that disagree, or one whose own check fails, raise on
+    # every rank before any other collective (single-element groups search by passes,
+    # whose collectives depend on k: a rank searching alone would wait forever)
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    x = distribute_tensor(torch.randn(40, 30, dtype=torch.float64), mesh, [Shard(0)])
+    before = x.full_tensor()
+    for call, error, match in (
+        (lambda: wgsef.prox_(x, 100 if rank == 0 else 200, 0.5, "elements"), ValueError, "k: the ranks disagree"),
+        (lambda: wgsef.prox(x, 3, 0.5 if rank == 0 else 0.6), ValueError, "lam: the ranks disagree"),
+        (lambda: wgsef.value(x, 3, "filters" if rank == 0 else "channels"), ValueError, "groups: the ranks disagree"),
+        (
+            lambda: wgsef.prox_(x, 3 if rank == 0 else -1, 0.5),
+            RuntimeError if rank == 0 else ValueError,
+            "another rank rejected" if rank == 0 else "k: expected k >= 0",
+        ),
+    ):
+        with pytest.raises(error, match=match):
+            call()
+    torch.testing.assert_close(x.full_tensor(), before, rtol=0, atol=0)
     return True
 
 
@@ -664,6 +685,17 @@ def _edge_worker(rank, world):
             opt.step()
         assert all(torch.equal(p.detach().to_local(), q) for p, q in zip(model.parameters(), before))
 
+    # groups that a shard boundary splits into single elements on every rank, or on
+    # some (uneven shards), are not single-element groups: their norms are all-reduced
+    for shape, groups, placement in (
+        ((3, 2), "filters", Shard(1)),
+        ((3, 3), "filters", Shard(1)),
+        ((2, 5), "channels", Shard(0)),
+        ((2,), "layer", Shard(0)),
+    ):
+        t = torch.randn(shape, dtype=torch.float64, generator=gen)
+        got = wgsef.prox(distribute_tensor(t, mesh, [placement]), 1, 0.3, groups).full_tensor()
+        torch.testing.assert_close(got, wgsef.prox(t, 1, 0.3, groups), rtol=0, atol=1e-12)
     # single-element groups search by passes (prox_elements_): large enough for the
     # sampled bracket, with weights, budgets below, near and above the non-zero count
     big = torch.randn(210, 100, dtype=torch.float64, generator=gen)

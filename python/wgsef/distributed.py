@@ -94,6 +94,9 @@ class LocalGroups:
         if is_dtensor(x):
             check_placements(x, name)
         self.num_groups = num_groups
+        # every global group is one element (decided from the global layout, so alike on
+        # every rank: a group that a shard boundary splits may look single locally)
+        self.single_elements = group_ids is None and layout[0] == 1 and layout[2] == 1
         self.shard_mesh_dims = (
             tuple(i for i, pl in enumerate(x.placements) if isinstance(pl, Shard)) if is_dtensor(x) else ()
         )
@@ -176,6 +179,22 @@ def _local(x: Tensor) -> Tensor:
         local = getattr(x, "_local_tensor", None)
         return (x.to_local() if local is None else local).detach()
     return x.detach()
+
+
+def content(t: Tensor | None) -> tuple | None:
+    """A tensor's shape, sum and position-weighted sum: equal on ranks that hold the
+    same values (a reordering or a changed entry changes the last)."""
+    if t is None:
+        return None
+    flat = t.detach().reshape(-1).double()
+    position = torch.arange(1, flat.numel() + 1, dtype=torch.float64, device=flat.device)
+    return tuple(t.shape), float(flat.sum()), float((flat * position).sum())
+
+
+def mesh_agree(x: Tensor, fingerprint: dict[str, Any], error: BaseException | None) -> None:
+    """:func:`agree` over the whole mesh of the DTensor `x`."""
+    mesh = x.device_mesh
+    agree([mesh.get_group(d) for d in range(mesh.ndim)], _local(x).device, fingerprint, error)
 
 
 def same_local_layout(t: Tensor, x: Tensor) -> bool:
@@ -269,7 +288,7 @@ class ShardedGroups:
             self._scatter = self._positions_of(writes)
             # single-element groups: prox_elements_ searches by passes instead of
             # all-reducing a norm per element
-            self.elementwise = all(g.view[0] == 1 and g.view[2] == 1 for g in groups)
+            self.elementwise = all(g.single_elements for g in groups)
             # the local squares of the tensors this rank adds, in the concatenation of all local groups
             starts = [0]
             for n in self._local_sizes:

@@ -88,18 +88,36 @@ def _resolve(x: torch.Tensor, groups: GroupSpec, weights):
     return x, layout, weights
 
 
-def _resolve_sharded(x: torch.Tensor, groups: GroupSpec, weights):
-    """The layout of a DTensor's global shape and its weights (a DTensor of weights
-    is gathered: every rank needs all of them)."""
-    distributed.check_placements(x, "x")
-    if distributed.is_dtensor(groups):
-        groups = groups.full_tensor()  # group ids: every rank needs them whole
-    if distributed.is_dtensor(weights):
-        weights = weights.full_tensor()
-    weights = _weights_tensor(weights, x)
-    layout = group_layout(x, groups, weights)
-    _check_weight_values(weights)
-    return layout, weights
+def _resolve_sharded(x: torch.Tensor, groups: GroupSpec, weights, k: int | None = None, lam=None, check=None):
+    """The layout of a DTensor's global shape, its weights and lam (DTensors of weights
+    or lam are gathered: every rank needs all of them), once every rank has checked
+    its arguments (`k`, `lam`, and `check()` if given) and holds the same ones: one
+    small all-reduce over x's mesh makes every rank raise otherwise, before the
+    call's own collectives, so that no rank waits in one alone."""
+    layout = lam_t = error = None
+    fingerprint: dict = dict.fromkeys(("k", "lam", "groups", "weights"))  # the same keys on every rank
+    try:
+        distributed.check_placements(x, "x")
+        if check is not None:
+            check()
+        if k is not None:
+            fingerprint["k"] = _check_k(k)
+        if lam is not None:
+            lam_t = _lam_tensor(lam, x)
+            fingerprint["lam"] = lam_t.tolist() if isinstance(lam_t, torch.Tensor) else lam_t
+        if distributed.is_dtensor(groups):
+            groups = groups.full_tensor()  # group ids: every rank needs them whole
+        if distributed.is_dtensor(weights):
+            weights = weights.full_tensor()
+        weights = _weights_tensor(weights, x)
+        layout = group_layout(x, groups, weights)
+        _check_weight_values(weights)
+        fingerprint["groups"] = (layout.shape, layout.num_groups, distributed.content(layout.group_ids))
+        fingerprint["weights"] = distributed.content(weights)
+    except (ValueError, TypeError, RuntimeError) as err:
+        error = err
+    distributed.mesh_agree(x, fingerprint, error)
+    return layout, weights, lam_t
 
 
 def _check_weight_values(weights: torch.Tensor | None) -> None:
@@ -156,9 +174,10 @@ def value(
 
     Cost: one read of x and a worst-case O(m) search in float64.
     """
-    _check_k(k)
     if distributed.is_dtensor(x):
-        return distributed.value(x, k, *_resolve_sharded(x, groups, weights))
+        layout, weights, _ = _resolve_sharded(x, groups, weights, k)
+        return distributed.value(x, k, layout, weights)
+    _check_k(k)
     view, layout, weights = _resolve(x, groups, weights)
     return ops.value(view, k, weights, layout.group_ids, layout.num_groups)
 
@@ -194,10 +213,10 @@ def prox(
 
     Cost: two streaming passes over x and a worst-case O(m) threshold search.
     """
-    _check_k(k)
     if distributed.is_dtensor(x):
-        lam_t = _lam_tensor(lam, x)
-        return distributed.prox_(x.detach().clone(), k, lam_t, *_resolve_sharded(x, groups, weights))
+        layout, weights, lam_t = _resolve_sharded(x, groups, weights, k, lam)
+        return distributed.prox_(x.detach().clone(), k, lam_t, layout, weights)
+    _check_k(k)
     view, layout, weights = _resolve(x, groups, weights)
     out = ops.prox(view, k, _lam_tensor(lam, x), weights, layout.group_ids, layout.num_groups)
     return out.view(x.shape)
@@ -211,14 +230,18 @@ def prox_(
     weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """In-place :func:`prox`: overwrites x with the proximal point and returns x."""
+    if distributed.is_dtensor(x):
+
+        def writable() -> None:
+            if x.requires_grad and torch.is_grad_enabled():
+                raise RuntimeError(
+                    "x: a DTensor that requires grad cannot be changed in place; use wgsef.prox, or torch.no_grad()"
+                )
+
+        layout, weights, lam_t = _resolve_sharded(x, groups, weights, k, lam, check=writable)
+        return distributed.prox_(x, k, lam_t, layout, weights)
     _check_k(k)
     lam_t = _lam_tensor(lam, x)
-    if distributed.is_dtensor(x):
-        if x.requires_grad and torch.is_grad_enabled():
-            raise RuntimeError(
-                "x: a DTensor that requires grad cannot be changed in place; use wgsef.prox, or torch.no_grad()"
-            )
-        return distributed.prox_(x, k, lam_t, *_resolve_sharded(x, groups, weights))
     _, layout, weights = _resolve(x, groups, weights)
     if layout.shape is None:
         ops.prox_(x, k, lam_t, weights, layout.group_ids, layout.num_groups)

@@ -179,11 +179,11 @@ class ProxTerms:
                 self.num_groups,
                 self.shared,
                 getattr(self, "term_sizes", None),
-                [_content(ids) for ids in self.group_ids],
-                [_content(c) for c in coupling],
+                [distributed.content(ids) for ids in self.group_ids],
+                [distributed.content(c) for c in coupling],
             ),
             "k": self.k,
-            "weights": [_content(w) for w in weights],
+            "weights": [distributed.content(w) for w in weights],
         }
 
     def term_norms(self, params: Sequence[Tensor]) -> list[Tensor]:
@@ -247,16 +247,6 @@ def _multiply_masks(terms: ProxTerms, params: list[Tensor], masks: list[tuple[in
             p.mul_(mask[ids])
     if views:
         torch._foreach_mul_(views, scales)
-
-
-def _content(t: Tensor | None) -> tuple | None:
-    """A tensor's shape, sum and position-weighted sum: equal on ranks that hold the
-    same values (a reordering or a changed entry changes the last)."""
-    if t is None:
-        return None
-    flat = t.detach().reshape(-1).double()
-    position = torch.arange(1, flat.numel() + 1, dtype=torch.float64, device=flat.device)
-    return tuple(t.shape), float(flat.sum()), float((flat * position).sum())
 
 
 def _sqrt(squares: Tensor) -> Tensor:
