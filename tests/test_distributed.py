@@ -140,6 +140,17 @@ def groups_for(config: str, model) -> list[dict]:
     raise ValueError(config)
 
 
+def model_pair(config: str):
+    """(reference, model, batch shape, ref_groups, groups): two equal models, with their
+    coupled groups for the "coupled" config (traced before any sharding), else None."""
+    if config != "coupled":
+        return mlp(), mlp(), (16, 12), None, None
+    reference, model, shape = ResidualNet(), ResidualNet(), (4, 3, 6, 6)
+    ref_groups = wgsef.coupled_param_groups(reference.double(), batch(0, shape), k=0.5, lam=0.5)
+    groups = wgsef.coupled_param_groups(model.double(), batch(0, shape), k=0.5, lam=0.5)
+    return reference, model, shape, ref_groups, groups
+
+
 def batch(step: int, shape=(16, 12)) -> torch.Tensor:
     return torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(100 + step))
 
@@ -211,11 +222,7 @@ def _fsdp_worker(rank, world, mesh_shape, configs):
     for config in configs:
         calls.clear()
         coupled = config == "coupled"
-        reference, model = (ResidualNet(), ResidualNet()) if coupled else (mlp(), mlp())
-        shape = (4, 3, 6, 6) if coupled else (16, 12)
-        if coupled:
-            ref_groups = wgsef.coupled_param_groups(reference.double(), batch(0, shape), k=0.5, lam=0.5)
-            groups = wgsef.coupled_param_groups(model.double(), batch(0, shape), k=0.5, lam=0.5)
+        reference, model, shape, ref_groups, groups = model_pair(config)
         for layer in [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]:
             fully_shard(layer, mesh=mesh)
         fully_shard(model, mesh=mesh)
@@ -562,12 +569,8 @@ def _zero_worker(rank, world, configs):
 
     for config in configs:
         coupled = config == "coupled"
-        reference, model = (ResidualNet(), ResidualNet()) if coupled else (mlp(), mlp())
-        shape = (4, 3, 6, 6) if coupled else (16, 12)
-        if coupled:
-            ref_groups = wgsef.coupled_param_groups(reference.double(), batch(0, shape), k=0.5, lam=0.5)
-            groups = wgsef.coupled_param_groups(model.double(), batch(0, shape), k=0.5, lam=0.5)
-        else:
+        reference, model, shape, ref_groups, groups = model_pair(config)
+        if not coupled:
             ref_groups, groups = groups_for(config, reference), groups_for(config, model)
         ddp = DistributedDataParallel(model)
         ref_opt = wgsef.ProxSGD(ref_groups, lr=0.1, momentum=0.9)

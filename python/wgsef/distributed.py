@@ -276,9 +276,7 @@ class ShardedGroups:
         self.strided = all(g.view is not None for g in groups)
         self.elementwise = False
         if self.strided:
-            offsets = [0]
-            for g in groups:
-                offsets.append(offsets[-1] + g.num_groups)
+            offsets = itertools.accumulate((g.num_groups for g in groups), initial=0)
             positions = [
                 torch.arange(g.group_slice.start, g.group_slice.stop)
                 if g.group_slice is not None
@@ -293,9 +291,7 @@ class ShardedGroups:
             # all-reducing a norm per element
             self.elementwise = all(g.single_elements for g in groups)
             # the local squares of the tensors this rank adds, in the concatenation of all local groups
-            starts = [0]
-            for n in self._local_sizes:
-                starts.append(starts[-1] + n)
+            starts = list(itertools.accumulate(self._local_sizes, initial=0))
             self._contributing = None
             if not all(contributes):
                 chosen = [torch.arange(b, e) for b, e, c in zip(starts, starts[1:], contributes) if c]
