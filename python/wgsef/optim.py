@@ -280,13 +280,15 @@ class ProxSGD(Optimizer):
         """The group's params with a gradient, their gradients and momentum buffers,
         and whether a gradient is sparse; raises on what the step cannot apply."""
         params, grads, bufs = [], [], []
-        names = group.get("names") or [f"params[{i}]" for i in range(len(group["params"]))]
+        state = self.state
         sparse = False
-        for p, name in zip(group["params"], names):
-            if p.grad is None:
+        for i, p in enumerate(group["params"]):
+            grad = p.grad
+            if grad is None:
                 continue
-            if p.grad.is_sparse:
+            if grad.is_sparse:
                 if group["k"] is not None or group["capturable"]:
+                    name = group["names"][i] if group.get("names") else f"params[{i}]"
                     reason = "a budget k (the prox needs dense tensors)" if group["k"] is not None else "capturable"
                     raise RuntimeError(
                         f"ProxSGD: {name} of param group {index} has a sparse gradient, which a group "
@@ -294,8 +296,8 @@ class ProxSGD(Optimizer):
                     )
                 sparse = True
             params.append(p)
-            grads.append(p.grad)
-            bufs.append(self.state[p].get("momentum_buffer"))
+            grads.append(grad)
+            bufs.append(state[p].get("momentum_buffer"))
         if params:
             lr = group["lr"]
             if not isinstance(lr, Tensor) or lr.device.type == "cpu":  # device values are not read back

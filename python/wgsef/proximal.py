@@ -370,9 +370,10 @@ class WGSEFProx:
         """The group's prox arguments, rebuilt only when its options or params change."""
         local, group = group, self.source(group)
         k = group["k"]
+        local_ids = tuple(map(id, local["params"]))
         key = (
-            tuple(id(p) for p in local["params"]),
-            tuple(id(p) for p in group["params"]),
+            local_ids,
+            local_ids if group is local else tuple(map(id, group["params"])),
             _identity(group["groups"]),
             _identity(group["weights"]),
             tuple(k) if isinstance(k, (list, tuple)) else k,
