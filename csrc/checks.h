@@ -11,9 +11,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
 #include <limits>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace wgsef {
@@ -247,6 +249,43 @@ inline void check_writable(const char* op, const char* name, const at::Tensor& t
                     "that owns each element");
 }
 
+// The tensors an op writes in place (named lists, all on one device) must not
+// share memory with one another: each is updated through its own pass or
+// contiguous copy, so one's result would compound or overwrite another's.
+// Address ranges decide, sorted so that only overlapping neighbours are
+// compared; interleaved strided views count as sharing, conservatively.
+inline void check_disjoint(const char* op,
+                           std::initializer_list<std::pair<const char*, at::TensorList>> lists) {
+  struct Span {
+    uintptr_t begin, end;
+    const char* name;
+    size_t index;
+  };
+  std::vector<Span> spans;
+  for (const auto& [name, xs] : lists) {
+    for (size_t i = 0; i < xs.size(); ++i) {
+      const at::Tensor& t = xs[i];
+      if (t.numel() == 0 || t.const_data_ptr() == nullptr) continue;
+      int64_t last = 0;  // offset of the last element, in elements
+      for (int64_t d = 0; d < t.dim(); ++d) last += (t.size(d) - 1) * t.stride(d);
+      const auto begin = reinterpret_cast<uintptr_t>(t.const_data_ptr());
+      spans.push_back(
+          {begin, begin + static_cast<uintptr_t>((last + 1) * t.element_size()), name, i});
+    }
+  }
+  std::sort(spans.begin(), spans.end(),
+            [](const Span& a, const Span& b) { return a.begin < b.begin; });
+  size_t widest = 0;  // among the spans so far, the one that reaches furthest
+  for (size_t j = 1; j < spans.size(); ++j) {
+    const Span& a = spans[widest];
+    const Span& b = spans[j];
+    TORCH_CHECK_VALUE(
+        b.begin >= a.end, "wgsef.", op, ": ", a.name, "[", a.index, "] and ", b.name, "[", b.index,
+        "] share memory; every tensor the op writes in place needs memory of its own");
+    if (b.end > a.end) widest = j;
+  }
+}
+
 // The tensors of an in-place multi-tensor op: every one on xs[0]'s device,
 // writable, with a valid layout entry or group ids, and its weights (values
 // checked for CPU tensors).
@@ -273,6 +312,7 @@ inline std::vector<GroupedTensor> check_tensor_list(
     if (xs[i].device().is_cpu()) check_weight_values(op, tensors.back().layout);
     offset += tensors.back().layout.num_groups;
   }
+  check_disjoint(op, {{name, xs}});
   return tensors;
 }
 
@@ -342,6 +382,7 @@ inline std::vector<GroupedTensor> check_sgd_squares_args(const char* op, at::Ten
   }
   const c10::List<std::optional<at::Tensor>> none;  // no group ids, no weights
   std::vector<GroupedTensor> tensors = check_tensor_list(op, params, layout, none, none, "params");
+  check_disjoint(op, {{"params", params}, {"momentum_buffers", bufs}});
   layout_groups(op, layout);
   // offsets from the layout: a param without elements keeps its (zero) entries
   int64_t offset = 0;

@@ -155,6 +155,39 @@ def test_prox_multi_checks_every_argument_before_writing(device):
     assert torch.equal(a, a0)
 
 
+def test_in_place_ops_reject_tensors_that_share_memory(device):
+    # each entry is updated through its own pass or copy: the same tensor twice, or
+    # overlapping views, would compound or lose an update, so the call raises first
+    base = torch.randn(6, 4, dtype=torch.float64, device=device)
+    lam, lr = torch.tensor(0.5), torch.tensor(1.0)
+    t = base.t()  # non-contiguous
+    cases = [
+        ([base, base], [1, 6, 4, 1, 6, 4], r"xs\[0\] and xs\[1\] share memory"),
+        ([t, t], [1, 4, 6, 1, 4, 6], r"xs\[0\] and xs\[1\] share memory"),
+        ([base[:4], base[2:]], [1, 4, 4, 1, 4, 4], r"xs\[0\] and xs\[1\] share memory"),
+        # interleaved strided views are refused too: the check compares address ranges
+        ([base[:, ::2], base[:, 1::2]], [1, 6, 2, 1, 6, 2], r"xs\[0\] and xs\[1\] share memory"),
+    ]
+    for xs, layout, message in cases:
+        before = base.clone()
+        with pytest.raises(ValueError, match=message):
+            OPS.prox_multi_.default(xs, layout, [], [], [1] * len(xs), lam, lr)
+        assert torch.equal(base, before)
+    coupling = [torch.zeros(6, dtype=torch.long, device=device)] * 2
+    with pytest.raises(ValueError, match=r"xs\[0\] and xs\[1\] share memory"):
+        OPS.prox_coupled_.default([base, base], [1, 6, 4, 1, 6, 4], [], coupling, [1], None, [1], lam, lr)
+    grad = torch.ones_like(base)
+    with pytest.raises(ValueError, match=r"params\[0\] and momentum_buffers\[0\] share memory"):
+        OPS.sgd_group_squares_.default([base], [grad], [base], [1, 6, 4], 0.1, momentum=0.9)
+    # disjoint views of one tensor are separate tensors: the same as one call each
+    x = base.clone()
+    OPS.prox_multi_.default([x[:3], x[3:]], [1, 3, 4, 1, 3, 4], [], [], [1, 2], lam, lr)
+    want = [base[:3].clone(), base[3:].clone()]
+    for w, k in zip(want, [1, 2]):
+        OPS.prox_multi_.default([w], [1, 3, 4], [], [], [k], lam, lr)
+    assert torch.equal(x, torch.cat(want))
+
+
 def test_group_counts_and_bad_scalars_get_clear_errors(device):
     x = torch.randn(24, device=device)
     ids = torch.zeros(24, dtype=torch.long, device=device)
