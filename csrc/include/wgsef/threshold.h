@@ -306,73 +306,118 @@ WGSEF_HOST_DEVICE inline Bracket full_bracket(int64_t nonzero, int64_t k, double
   return {0.0, top, -static_cast<double>(k), static_cast<double>(nonzero - k)};
 }
 
+// solve_threshold_by_passes as a state machine: next(at) names the point whose
+// pass comes next, take(seg) takes that pass's sums, and result() holds the
+// root once next returns false. Several searches can so share their passes'
+// reductions (elementwise.cpp runs many terms in lockstep, one all_reduce per
+// round of passes).
+class PassSearch {
+ public:
+  WGSEF_HOST_DEVICE PassSearch(int64_t k, Bracket b)
+      : kk_(static_cast<double>(k)), lo_(b.lo), hi_(b.hi), h_lo_(b.h_lo), h_hi_(b.h_hi) {
+    candidate_ = falsi();
+  }
+
+  WGSEF_HOST_DEVICE bool next(double& at) {
+    if (phase_ != kSearch) return false;
+    if (!done_ && step_ < 256) {
+      if (!(candidate_ > lo_ && candidate_ < hi_)) {
+        candidate_ = detail::midpoint_by_bits(lo_, hi_);
+        newton_ = false;
+      }
+      if (candidate_ > lo_ && candidate_ < hi_) {  // else lo and hi are adjacent doubles
+        at = candidate_;
+        return true;
+      }
+    }
+    if (done_) {
+      result_ = candidate_;
+      phase_ = kDone;
+      return false;
+    }
+    // the bracket closed or the steps ran out: the regula falsi point, then its
+    // segment's root when that stays inside the bracket
+    result_ = falsi();
+    phase_ = kRefine;
+    at = result_;
+    return true;
+  }
+
+  WGSEF_HOST_DEVICE void take(const double* seg) {
+    if (phase_ == kRefine) {
+      if (seg[1] > 0.0) {
+        const double refined = (kk_ - seg[0] + seg[2]) / seg[1];
+        if (refined >= lo_ && refined <= hi_) result_ = refined;
+      }
+      phase_ = kDone;
+      return;
+    }
+    constexpr double kEps = 2.220446049250313e-16;
+    ++step_;
+    // the root of a segment's line that lies on that segment is the root of h
+    done_ = newton_ && seg[0] == last_[0] && seg[1] == last_[1] && seg[2] == last_[2];
+    const double h = seg[0] - kk_ + (seg[1] * candidate_ - seg[2]);
+    const uint64_t width = detail::bits_of(hi_) - detail::bits_of(lo_);
+    done_ = done_ || h == 0.0;  // an exact hit, or a flat stretch of h at 0
+    if (done_) return;
+    if (h < 0.0) {
+      lo_ = candidate_;
+      h_lo_ = h;
+    } else {
+      hi_ = candidate_;
+      h_hi_ = h;
+    }
+    last_[0] = seg[0], last_[1] = seg[1], last_[2] = seg[2];
+    newton_ = false;
+    // progress: the residual, or the number of doubles in the bracket, at least
+    // halved (Newton steps often close in from one side, leaving the bracket's
+    // other end where it was; halving the bracket by value is no progress on a
+    // bracket that spans many binades)
+    const bool progress =
+        fabs(h) <= 0.5 * last_residual_ || detail::bits_of(hi_) - detail::bits_of(lo_) <= width / 2;
+    last_residual_ = fabs(h);
+    if (!progress) {
+      candidate_ = static_cast<double>(NAN);  // bisect next
+    } else if (seg[1] > 0.0) {
+      // the segment line's root, (k - sat + lin_w) / lin_c, has no cancellation
+      const double next = (kk_ - seg[0] + seg[2]) / seg[1];
+      done_ = fabs(next - candidate_) <= 4.0 * kEps * candidate_;
+      candidate_ = next;
+      newton_ = true;
+    } else {
+      candidate_ = falsi();
+    }
+  }
+
+  WGSEF_HOST_DEVICE double result() const { return result_; }
+
+ private:
+  enum Phase { kSearch, kRefine, kDone };
+  WGSEF_HOST_DEVICE double falsi() const { return lo_ + (hi_ - lo_) * (-h_lo_ / (h_hi_ - h_lo_)); }
+
+  double kk_, lo_, hi_, h_lo_, h_hi_;
+  double candidate_ = 0.0, result_ = 0.0;
+  double last_[3] = {-1.0, -1.0, -1.0};
+  double last_residual_ = static_cast<double>(INFINITY);
+  bool newton_ = false;  // candidate_ is the root of the last point's segment line
+  bool done_ = false;
+  int step_ = 0;
+  Phase phase_ = kSearch;
+};
+
 #ifdef __CUDACC__
 #pragma nv_exec_check_disable
 #endif
 template <typename Segment>
 WGSEF_HOST_DEVICE double solve_threshold_by_passes(const Segment& segment, int64_t k,
                                                    Bracket bracket) {
-  constexpr double kEps = 2.220446049250313e-16;
-  const double kk = static_cast<double>(k);
-  double lo = bracket.lo, hi = bracket.hi, h_lo = bracket.h_lo, h_hi = bracket.h_hi;
-  double candidate = lo + (hi - lo) * (-h_lo / (h_hi - h_lo));
-  double last[3] = {-1.0, -1.0, -1.0};
-  bool newton = false;  // candidate is the root of the last point's segment line
-  bool done = false;
-  double last_residual = static_cast<double>(INFINITY);
-  for (int step = 0; step < 256 && !done; ++step) {
-    if (!(candidate > lo && candidate < hi)) {
-      candidate = detail::midpoint_by_bits(lo, hi);
-      newton = false;
-    }
-    if (!(candidate > lo && candidate < hi)) break;  // lo and hi are adjacent doubles
-    double seg[3];
-    segment(candidate, seg);
-    // the root of a segment's line that lies on that segment is the root of h
-    done = newton && seg[0] == last[0] && seg[1] == last[1] && seg[2] == last[2];
-    const double h = seg[0] - kk + (seg[1] * candidate - seg[2]);
-    const uint64_t width = detail::bits_of(hi) - detail::bits_of(lo);
-    done = done || h == 0.0;  // an exact hit, or a flat stretch of h at 0
-    if (done) break;
-    if (h < 0.0) {
-      lo = candidate;
-      h_lo = h;
-    } else {
-      hi = candidate;
-      h_hi = h;
-    }
-    last[0] = seg[0], last[1] = seg[1], last[2] = seg[2];
-    newton = false;
-    // progress: the residual, or the number of doubles in the bracket, at least
-    // halved (Newton steps often close in from one side, leaving the bracket's
-    // other end where it was; halving the bracket by value is no progress on a
-    // bracket that spans many binades)
-    const bool progress =
-        fabs(h) <= 0.5 * last_residual || detail::bits_of(hi) - detail::bits_of(lo) <= width / 2;
-    last_residual = fabs(h);
-    if (!progress) {
-      candidate = static_cast<double>(NAN);  // bisect next
-    } else if (seg[1] > 0.0) {
-      // the segment line's root, (k - sat + lin_w) / lin_c, has no cancellation
-      const double next = (kk - seg[0] + seg[2]) / seg[1];
-      done = fabs(next - candidate) <= 4.0 * kEps * candidate;
-      candidate = next;
-      newton = true;
-    } else {
-      candidate = lo + (hi - lo) * (-h_lo / (h_hi - h_lo));
-    }
+  PassSearch search(k, bracket);
+  double at = 0.0, seg[3];
+  while (search.next(at)) {
+    segment(at, seg);
+    search.take(seg);
   }
-  if (done) return candidate;
-  // the bracket closed or the steps ran out: the regula falsi point, then its
-  // segment's root when that stays inside the bracket
-  double eta = lo + (hi - lo) * (-h_lo / (h_hi - h_lo));
-  double seg[3];
-  segment(eta, seg);
-  if (seg[1] > 0.0) {
-    const double refined = (kk - seg[0] + seg[2]) / seg[1];
-    if (refined >= lo && refined <= hi) eta = refined;
-  }
-  return eta;
+  return search.result();
 }
 
 // Scratch memory for the search: 6 doubles per open group plus `extra`; keep
