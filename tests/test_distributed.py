@@ -760,6 +760,39 @@ def test_edge_cases_on_dtensors():
     run_ranks(2, _edge_worker)
 
 
+def _lockstep_worker(rank, world):
+    # per-tensor terms of single-element groups: every round of passes, over all
+    # terms still searching, is one all_reduce, so their count does not grow with
+    # the number of terms; each rank's result is its half of the one-process prox
+    gen = torch.Generator().manual_seed(11)
+    full = [torch.randn(2 * 12000, dtype=torch.float64, generator=gen) for _ in range(6)]
+    weights = [torch.rand(t.numel(), dtype=torch.float64, generator=gen) + 0.5 for t in full]
+    lam, lr = torch.tensor(0.4), torch.tensor(1.0)
+    group = dist.group.WORLD.group_name
+
+    def run(n):
+        xs = [t.chunk(world)[rank].clone() for t in full[:n]]
+        ws = [w.chunk(world)[rank] for w in weights[:n]]
+        budgets = [2000 + 1500 * i for i in range(n)]
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            wgsef.ops.prox_elements_(xs, ws, [True] * n, budgets, lam, lr, False, [group], rank, world)
+        reduces = sum(e.name == "_c10d_functional::all_reduce" for e in prof.events())
+        want = [t.clone() for t in full[:n]]
+        wgsef.ops.prox_elements_(want, weights[:n], [True] * n, budgets, lam, lr, False, [], 0, 1)
+        for x, w in zip(xs, want):
+            torch.testing.assert_close(x, w.chunk(world)[rank], rtol=0, atol=1e-12)
+        return reduces
+
+    one, six = run(1), run(6)
+    assert 3 <= one and six <= one + 3, (one, six)
+    return one, six
+
+
+def test_elementwise_terms_share_their_all_reduces():
+    counts = run_ranks(2, _lockstep_worker)
+    print("all_reduces for 1 and 6 terms:", counts[0])
+
+
 def _zero_empty_partition_worker(rank, world):
     from torch.distributed.optim import ZeroRedundancyOptimizer
     from torch.nn.parallel import DistributedDataParallel

@@ -7,6 +7,8 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <limits>
+#include <utility>
 #include <vector>
 
 #include "wgsef/threshold.h"
@@ -57,6 +59,14 @@ std::array<double, N> chunked_sums(const std::vector<Span>& spans, const Body& b
   return total;
 }
 
+// A term over the elements of some spans, with its budget and strength
+// (lam = 0 for the value and its gradient).
+struct Term {
+  std::vector<Span> spans;
+  int64_t k;
+  double lam;
+};
+
 // A term's counts, its largest breakpoint max_i (w_i + 1) / c_i, and where this
 // process's elements start in the term's order (process by process) of total.
 struct Summary {
@@ -65,53 +75,79 @@ struct Summary {
   int64_t first = 0, total = 0;
 };
 
-// The summary in one pass; across processes, one reduction of the counts and
-// of every process's element count and largest breakpoint.
-Summary summarise(const std::vector<Span>& spans, double lam, const ProcessSpread& spread) {
-  std::array<double, 3> counts{};
-  double top = 0.0;
-  for (const Span& s : spans) {
-    if (!s.counted) continue;
-    with_source(s, [&](const auto* x, int64_t n) {
-      std::vector<std::array<double, 4>> partial(static_cast<size_t>((n + kChunk - 1) / kChunk));
-      at::parallel_for(0, static_cast<int64_t>(partial.size()), 1, [&](int64_t c0, int64_t c1) {
-        for (int64_t c = c0; c < c1; ++c) {
-          double nonzero = 0.0, nan = 0.0, inf = 0.0, most = 0.0;
-          for (int64_t i = c * kChunk, end = std::min(n, (c + 1) * kChunk); i < end; ++i) {
-            const double v = static_cast<double>(x[i]);
-            nonzero += v != 0.0;
-            nan += std::isnan(v);
-            inf += std::isinf(v);
-            if (v != 0.0 && std::isfinite(v))
-              most = std::max(most, (s.w(lam, i) + 1.0) / s.c(v, i));
+// Every term's summary in one pass each; across processes, one reduction for
+// all terms: per term its counts and every process's element count and
+// largest breakpoint.
+std::vector<Summary> summarise(const std::vector<Term>& terms, const ProcessSpread& spread) {
+  const int64_t p = spread.count;
+  const size_t per_term = static_cast<size_t>(3 + 2 * p);  // counts, sizes, tops
+  std::vector<double> all(terms.size() * per_term, 0.0);
+  for (size_t term = 0; term < terms.size(); ++term) {
+    double* mine = all.data() + term * per_term;
+    double top = 0.0;
+    int64_t local = 0;
+    for (const Span& s : terms[term].spans) {
+      if (!s.counted) continue;
+      local += s.src.numel();
+      with_source(s, [&](const auto* x, int64_t n) {
+        std::vector<std::array<double, 4>> partial(static_cast<size_t>((n + kChunk - 1) / kChunk));
+        at::parallel_for(0, static_cast<int64_t>(partial.size()), 1, [&](int64_t c0, int64_t c1) {
+          for (int64_t c = c0; c < c1; ++c) {
+            double nonzero = 0.0, nan = 0.0, inf = 0.0, most = 0.0;
+            for (int64_t i = c * kChunk, end = std::min(n, (c + 1) * kChunk); i < end; ++i) {
+              const double v = static_cast<double>(x[i]);
+              nonzero += v != 0.0;
+              nan += std::isnan(v);
+              inf += std::isinf(v);
+              if (v != 0.0 && std::isfinite(v))
+                most = std::max(most, (s.w(terms[term].lam, i) + 1.0) / s.c(v, i));
+            }
+            partial[c] = {nonzero, nan, inf, most};
           }
-          partial[c] = {nonzero, nan, inf, most};
+        });
+        for (const auto& q : partial) {
+          for (int j = 0; j < 3; ++j) mine[j] += q[j];
+          top = std::max(top, q[3]);
         }
       });
-      for (const auto& p : partial) {
-        for (int j = 0; j < 3; ++j) counts[j] += p[j];
-        top = std::max(top, p[3]);
-      }
-    });
+    }
+    mine[3 + spread.index] = static_cast<double>(local);
+    mine[3 + p + spread.index] = top;
   }
-  int64_t local = 0;
-  for (const Span& s : spans) local += s.counted ? s.src.numel() : 0;
-  const int64_t p = spread.count;
-  std::vector<double> all(static_cast<size_t>(3 + 2 * p), 0.0);  // counts, sizes, tops
-  std::copy(counts.begin(), counts.end(), all.begin());
-  all[3 + spread.index] = static_cast<double>(local);
-  all[3 + p + spread.index] = top;
   spread.sum(all.data(), static_cast<int64_t>(all.size()));
-  Summary r;
-  r.t.nonzero = static_cast<int64_t>(all[0]);
-  r.t.has_nan = all[1] > 0.0;
-  r.t.has_inf = all[2] > 0.0;
-  for (int64_t q = 0; q < p; ++q) {
-    r.first += q < spread.index ? static_cast<int64_t>(all[3 + q]) : 0;
-    r.total += static_cast<int64_t>(all[3 + q]);
-    r.top = std::max(r.top, all[3 + p + q]);
+  std::vector<Summary> summaries(terms.size());
+  for (size_t term = 0; term < terms.size(); ++term) {
+    const double* sums = all.data() + term * per_term;
+    Summary& r = summaries[term];
+    r.t.nonzero = static_cast<int64_t>(sums[0]);
+    r.t.has_nan = sums[1] > 0.0;
+    r.t.has_inf = sums[2] > 0.0;
+    for (int64_t q = 0; q < p; ++q) {
+      r.first += q < spread.index ? static_cast<int64_t>(sums[3 + q]) : 0;
+      r.total += static_cast<int64_t>(sums[3 + q]);
+      r.top = std::max(r.top, sums[3 + p + q]);
+    }
   }
-  return r;
+  return summaries;
+}
+
+// This process's share of a pass at eta (PassSearch's seg): the saturated
+// count and the sums of c and w over the linear groups.
+void local_segment(const Term& term, double eta, double* seg) {
+  const auto sums = chunked_sums<3>(
+      term.spans, [&](const Span& s, const auto* x, int64_t begin, int64_t end, auto& acc) {
+        for (int64_t i = begin; i < end; ++i) {
+          const double c = s.c(static_cast<double>(x[i]), i), w = s.w(term.lam, i);
+          const double v = c * eta - w;
+          if (v >= 1.0) {
+            acc[0] += 1.0;
+          } else if (v > 0.0) {
+            acc[1] += c;
+            acc[2] += w;
+          }
+        }
+      });
+  std::copy(sums.begin(), sums.end(), seg);
 }
 
 // Where a strided sample of the groups puts the root of h(eta) = target (in
@@ -129,88 +165,138 @@ double sample_root(const std::vector<double>& c, const std::vector<double>& w, d
   return hi;
 }
 
-// The root of h by passes over the spans (lam = 0 for the value and its
-// gradient). A sample of 4096 groups gives two points meant to bracket the
-// root closely (the sample count's spread, four standard deviations either
-// side); one pass each checks them, and the Newton steps start from that
-// bracket. A point that fails its check still narrows the full bracket [0, top].
-double threshold(const std::vector<Span>& spans, double lam, const Summary& summary, int64_t k,
-                 const ProcessSpread& spread) {
-  const TermCounts& t = summary.t;
-  const auto segment = [&](double at, double (&seg)[3]) {
-    const auto sums = chunked_sums<3>(
-        spans, [&](const Span& s, const auto* x, int64_t begin, int64_t end, auto& acc) {
-          for (int64_t i = begin; i < end; ++i) {
-            const double c = s.c(static_cast<double>(x[i]), i), w = s.w(lam, i);
-            const double v = c * at - w;
-            if (v >= 1.0) {
-              acc[0] += 1.0;
-            } else if (v > 0.0) {
-              acc[1] += c;
-              acc[2] += w;
-            }
-          }
-        });
-    seg[0] = sums[0], seg[1] = sums[1], seg[2] = sums[2];
-    spread.sum(seg, 3);
-  };
-  const double top = summary.top;
-  Bracket b = full_bracket(t.nonzero, k, top);
-  constexpr int64_t kSample = 4096;
-  // the term's elements in order: process by process, each one's counted spans
+constexpr int64_t kSample = 4096;
+
+// A term's sample of kSample groups (positions j * total / kSample of its
+// order) as (taken, c, w) slots, filled where this process holds them;
+// non-zero elements only.
+void fill_sample(const Term& term, const Summary& summary, double* slots) {
   int64_t first = summary.first;
   const int64_t total = summary.total;
-  if (total > 4 * kSample) {
-    // sample j (positions j * total / kSample) as (taken, c, w), filled by the
-    // process that holds it; non-zero elements only
-    std::vector<double> slots(3 * kSample, 0.0);
-    for (const Span& s : spans) {
-      if (!s.counted) continue;
-      with_source(s, [&](const auto* x, int64_t n) {
-        for (int64_t j = (first * kSample + total - 1) / total; j * total / kSample < first + n;
-             ++j) {
-          const int64_t i = j * total / kSample - first;
-          const double v = static_cast<double>(x[i]);
-          if (v == 0.0) continue;
-          slots[3 * j] = 1.0;
-          slots[3 * j + 1] = s.c(v, i);
-          slots[3 * j + 2] = s.w(lam, i);
+  for (const Span& s : term.spans) {
+    if (!s.counted) continue;
+    with_source(s, [&](const auto* x, int64_t n) {
+      for (int64_t j = (first * kSample + total - 1) / total; j * total / kSample < first + n;
+           ++j) {
+        const int64_t i = j * total / kSample - first;
+        const double v = static_cast<double>(x[i]);
+        if (v == 0.0) continue;
+        slots[3 * j] = 1.0;
+        slots[3 * j + 1] = s.c(v, i);
+        slots[3 * j + 2] = s.w(term.lam, i);
+      }
+    });
+    first += s.src.numel();
+  }
+}
+
+// The two points, meant to bracket the root closely, that a term's sample
+// gives (the sample count's spread, four standard deviations either side of
+// the expected count); NaN where a target falls outside the sample.
+std::array<double, 2> sample_points(const Term& term, const Summary& summary, const double* slots) {
+  std::vector<double> c, w;
+  for (int64_t j = 0; j < kSample; ++j) {
+    if (slots[3 * j] == 0.0) continue;
+    c.push_back(slots[3 * j + 1]);
+    w.push_back(slots[3 * j + 2]);
+  }
+  const double share = static_cast<double>(term.k) / static_cast<double>(summary.t.nonzero);
+  const double expected = share * static_cast<double>(c.size());
+  const double spread = 4.0 * std::sqrt(expected * (1.0 - share)) + 2.0;
+  std::array<double, 2> points{};
+  for (int side = 0; side < 2; ++side) {
+    const double target = expected + (side == 0 ? -spread : spread);
+    const bool inside = target > 0.0 && target < static_cast<double>(c.size());
+    points[side] = inside ? sample_root(c, w, target, summary.top) : std::nan("");
+  }
+  return points;
+}
+
+// The roots of h for the terms that search (eta[t] is left as is for the
+// others), by passes over their spans. Terms with many elements first check
+// the two points their samples give; then Newton steps from the bracket
+// (PassSearch). Every round of passes, over all terms still searching, costs
+// one reduction across processes, so the number of all_reduces does not grow
+// with the number of terms. A point that fails its check still narrows the
+// full bracket [0, top].
+void thresholds(const std::vector<Term>& terms, const std::vector<Summary>& summaries,
+                const std::vector<bool>& searching, const ProcessSpread& spread,
+                std::vector<double>& eta) {
+  std::vector<size_t> open;  // the terms whose root is not known yet
+  std::vector<Bracket> brackets(terms.size());
+  for (size_t t = 0; t < terms.size(); ++t) {
+    if (!searching[t]) continue;
+    brackets[t] = full_bracket(summaries[t].t.nonzero, terms[t].k, summaries[t].top);
+    open.push_back(t);
+  }
+  std::vector<size_t> sampled;
+  for (const size_t t : open)
+    if (summaries[t].total > 4 * kSample) sampled.push_back(t);
+  if (!sampled.empty()) {
+    std::vector<double> slots(sampled.size() * 3 * kSample, 0.0);
+    for (size_t j = 0; j < sampled.size(); ++j)
+      fill_sample(terms[sampled[j]], summaries[sampled[j]], slots.data() + j * 3 * kSample);
+    spread.sum(slots.data(), static_cast<int64_t>(slots.size()));
+    // both points of every sampled term in one round; a point applies only if
+    // it is still inside the bracket after its term's first point
+    std::vector<std::array<double, 2>> points(sampled.size());
+    std::vector<double> segs(sampled.size() * 6, 0.0);
+    for (size_t j = 0; j < sampled.size(); ++j) {
+      const size_t t = sampled[j];
+      points[j] = sample_points(terms[t], summaries[t], slots.data() + j * 3 * kSample);
+      for (int side = 0; side < 2; ++side)
+        if (points[j][side] > brackets[t].lo && points[j][side] < brackets[t].hi)
+          local_segment(terms[t], points[j][side], segs.data() + 6 * j + 3 * side);
+    }
+    spread.sum(segs.data(), static_cast<int64_t>(segs.size()));
+    std::vector<bool> solved(terms.size(), false);
+    for (size_t j = 0; j < sampled.size(); ++j) {
+      const size_t t = sampled[j];
+      Bracket& b = brackets[t];
+      for (int side = 0; side < 2 && !solved[t]; ++side) {
+        const double at = points[j][side];
+        if (!(at > b.lo && at < b.hi)) continue;
+        const double* seg = segs.data() + 6 * j + 3 * side;
+        const double h = seg[0] - static_cast<double>(terms[t].k) + (seg[1] * at - seg[2]);
+        if (h == 0.0) {
+          eta[t] = at;
+          solved[t] = true;
+        } else if (h < 0.0) {
+          b.lo = at, b.h_lo = h;
+        } else {
+          b.hi = at, b.h_hi = h;
         }
-      });
-      first += s.src.numel();
-    }
-    spread.sum(slots.data(), 3 * kSample);
-    std::vector<double> c, w;
-    for (int64_t j = 0; j < kSample; ++j) {
-      if (slots[3 * j] == 0.0) continue;
-      c.push_back(slots[3 * j + 1]);
-      w.push_back(slots[3 * j + 2]);
-    }
-    const double share = static_cast<double>(k) / static_cast<double>(t.nonzero);
-    const double expected = share * static_cast<double>(c.size());
-    const double spread = 4.0 * std::sqrt(expected * (1.0 - share)) + 2.0;
-    for (const double target : {expected - spread, expected + spread}) {
-      if (target <= 0.0 || target >= static_cast<double>(c.size())) continue;
-      const double p = sample_root(c, w, target, top);
-      if (!(p > b.lo && p < b.hi)) continue;
-      double seg[3];
-      segment(p, seg);
-      const double h = seg[0] - static_cast<double>(k) + (seg[1] * p - seg[2]);
-      if (h == 0.0) return p;
-      if (h < 0.0) {
-        b.lo = p, b.h_lo = h;
-      } else {
-        b.hi = p, b.h_hi = h;
       }
     }
+    open.erase(std::remove_if(open.begin(), open.end(), [&](size_t t) { return solved[t]; }),
+               open.end());
   }
-  return solve_threshold_by_passes(segment, k, b);
+  std::vector<PassSearch> searches;
+  for (const size_t t : open) searches.emplace_back(terms[t].k, brackets[t]);
+  std::vector<size_t> pending;  // indices into open (and searches) with a pass this round
+  std::vector<double> segs;
+  while (true) {
+    pending.clear();
+    segs.clear();
+    for (size_t j = 0; j < open.size(); ++j) {
+      double at = 0.0;
+      if (!searches[j].next(at)) continue;
+      pending.push_back(j);
+      segs.resize(segs.size() + 3);
+      local_segment(terms[open[j]], at, segs.data() + segs.size() - 3);
+    }
+    if (pending.empty()) break;
+    spread.sum(segs.data(), static_cast<int64_t>(segs.size()));
+    for (size_t i = 0; i < pending.size(); ++i) searches[pending[i]].take(segs.data() + 3 * i);
+  }
+  for (size_t j = 0; j < open.size(); ++j) eta[open[j]] = searches[j].result();
 }
 
 // eta of the value's shares, +inf where no search is needed.
-double envelope_threshold(const std::vector<Span>& spans, const Summary& summary, int64_t k) {
-  return envelope_searches(summary.t, k) ? threshold(spans, 0.0, summary, k, {})
-                                         : std::numeric_limits<double>::infinity();
+double envelope_threshold(const Term& term, const Summary& summary) {
+  std::vector<double> eta{std::numeric_limits<double>::infinity()};
+  thresholds({term}, {summary}, {envelope_searches(summary.t, term.k)}, {}, eta);
+  return eta[0];
 }
 
 // dst_i = src_i * per_element(span, src_i as double, i), for every span.
@@ -232,41 +318,56 @@ void scale_spans(const std::vector<Span>& spans, const F& per_element) {
   }
 }
 
-void prox_spans(const std::vector<Span>& spans, int64_t k, double lam,
-                const ProcessSpread& spread = {}) {
-  const Summary summary = summarise(spans, lam, spread);
-  const TermCounts& t = summary.t;
-  const double eta = prox_searches(t, k, lam) ? threshold(spans, lam, summary, k, spread) : 0.0;
-  scale_spans(spans, [&, t = t](const Span& s, double v, int64_t i) {
-    return prox_factor(t, k, lam, s.c(v, i), eta, s.w(lam, i));
-  });
+// The prox of every term, in place; across processes, the terms' searches
+// share their reductions.
+void prox_terms(const std::vector<Term>& terms, const ProcessSpread& spread = {}) {
+  const std::vector<Summary> summaries = summarise(terms, spread);
+  std::vector<bool> searching(terms.size());
+  for (size_t t = 0; t < terms.size(); ++t)
+    searching[t] = prox_searches(summaries[t].t, terms[t].k, terms[t].lam);
+  std::vector<double> eta(terms.size(), 0.0);
+  thresholds(terms, summaries, searching, spread, eta);
+  for (size_t t = 0; t < terms.size(); ++t) {
+    const TermCounts counts = summaries[t].t;
+    const int64_t k = terms[t].k;
+    const double lam = terms[t].lam, root = eta[t];
+    scale_spans(terms[t].spans, [&](const Span& s, double v, int64_t i) {
+      return prox_factor(counts, k, lam, s.c(v, i), root, s.w(lam, i));
+    });
+  }
 }
 
 }  // namespace
 
 void prox_elementwise(const at::Tensor& src, const at::Tensor& dst, const double* d, int64_t k,
                       double lam) {
-  prox_spans({Span{src, dst, d}}, k, lam);
+  prox_terms({Term{{Span{src, dst, d}}, k, lam}});
 }
 
-void prox_elementwise(const std::vector<GroupedTensor>& tensors, int64_t k, double lam,
-                      const ProcessSpread& spread, const std::vector<bool>& counted) {
-  std::vector<Span> spans;
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    const GroupedTensor& t = tensors[i];
-    spans.push_back({t.data, t.data, t.layout.weight_data(), counted.empty() || counted[i]});
+void prox_elementwise_terms(const std::vector<GroupedTensor>& tensors,
+                            const std::vector<std::vector<size_t>>& members, at::IntArrayRef k,
+                            const std::vector<double>& lams, const ProcessSpread& spread,
+                            const std::vector<bool>& counted) {
+  std::vector<Term> terms;
+  for (size_t t = 0; t < members.size(); ++t) {
+    Term term{{}, k[t], lams[t]};
+    for (const size_t i : members[t]) {
+      const GroupedTensor& x = tensors[i];
+      term.spans.push_back({x.data, x.data, x.layout.weight_data(), counted.empty() || counted[i]});
+    }
+    terms.push_back(std::move(term));
   }
-  prox_spans(spans, k, lam, spread);
+  prox_terms(terms, spread);
 }
 
 double value_elementwise(const at::Tensor& x, const double* d, int64_t k) {
-  const std::vector<Span> spans{Span{x, x, d}};
-  const Summary summary = summarise(spans, 0.0, {});
+  const Term term{{Span{x, x, d}}, k, 0.0};
+  const Summary summary = summarise({term}, {})[0];
   const TermCounts& t = summary.t;
-  const double eta = envelope_threshold(spans, summary, k);
+  const double eta = envelope_threshold(term, summary);
   if (!t.finite()) return envelope_value_from(t, k, 0.0);
   const auto total = chunked_sums<1>(
-      spans, [&](const Span& s, const auto* p, int64_t begin, int64_t end, auto& acc) {
+      term.spans, [&](const Span& s, const auto* p, int64_t begin, int64_t end, auto& acc) {
         for (int64_t i = begin; i < end; ++i) {
           const double c = s.c(static_cast<double>(p[i]), i);
           const double u = envelope_share(c, eta);
@@ -278,11 +379,11 @@ double value_elementwise(const at::Tensor& x, const double* d, int64_t k) {
 
 void grad_elementwise(const at::Tensor& x, const at::Tensor& out, const double* d, int64_t k,
                       double upstream) {
-  const std::vector<Span> spans{Span{x, out, d}};
-  const Summary summary = summarise(spans, 0.0, {});
+  const Term term{{Span{x, out, d}}, k, 0.0};
+  const Summary summary = summarise({term}, {})[0];
   const TermCounts& t = summary.t;
-  const double eta = envelope_threshold(spans, summary, k);
-  scale_spans(spans, [&, t = t](const Span& s, double v, int64_t i) {
+  const double eta = envelope_threshold(term, summary);
+  scale_spans(term.spans, [&, t = t](const Span& s, double v, int64_t i) {
     return upstream * grad_scale(t, k, s.c(v, i), s.d ? s.d[i] : 1.0, eta);
   });
 }

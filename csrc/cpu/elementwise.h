@@ -36,12 +36,16 @@ inline bool is_elementwise(const GroupLayout& g) {
 void prox_elementwise(const at::Tensor& src, const at::Tensor& dst, const double* d, int64_t k,
                       double lam);
 
-// The same in place, for one term over the elements of several tensors (a
-// shared prox_multi_ term); every tensor must be is_elementwise. With a spread,
-// the tensors hold this process's part of the term, and tensor i counts
-// towards it only where counted[i] (empty: all count).
-void prox_elementwise(const std::vector<GroupedTensor>& tensors, int64_t k, double lam,
-                      const ProcessSpread& spread = {}, const std::vector<bool>& counted = {});
+// The same in place for several terms, term t over the elements of the tensors
+// members[t] with budget k[t] and strength lams[t]; every tensor must be
+// is_elementwise. With a spread, the tensors hold this process's part of the
+// terms, tensor i counts towards its term only where counted[i] (empty: all
+// count), and the terms' searches run in lockstep: each round of passes costs
+// one all_reduce for all of them.
+void prox_elementwise_terms(const std::vector<GroupedTensor>& tensors,
+                            const std::vector<std::vector<size_t>>& members, at::IntArrayRef k,
+                            const std::vector<double>& lams, const ProcessSpread& spread = {},
+                            const std::vector<bool>& counted = {});
 
 // WGSEF_{k,d}(x), elementwise groups.
 double value_elementwise(const at::Tensor& x, const double* d, int64_t k);

@@ -42,13 +42,19 @@ void prox_elements_(at::TensorList xs, const c10::List<std::optional<at::Tensor>
   const ProcessSpread spread{groups, process_index, process_count};
   std::vector<bool> flags;
   for (const bool c : counted) flags.push_back(c);
-  if (shared) {
-    prox_elementwise(tensors, k[0], strength(0), spread, flags);
-  } else {
-    // every process runs every term's search, so that the all_reduces pair up
-    for (size_t i = 0; i < tensors.size(); ++i)
-      prox_elementwise({tensors[i]}, k[i], strength(i), spread, {flags[i]});
+  // one term over every tensor, or one per tensor; every process runs every
+  // term's search, so that the all_reduces pair up
+  std::vector<std::vector<size_t>> members;
+  std::vector<double> lams;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    if (shared && i > 0) {
+      members[0].push_back(i);
+      continue;
+    }
+    members.push_back({i});
+    lams.push_back(strength(i));
   }
+  prox_elementwise_terms(tensors, members, k, lams, spread, flags);
   for (size_t i = 0; i < tensors.size(); ++i)
     if (!tensors[i].data.is_same(xs[i])) xs[i].copy_(tensors[i].data);
 }

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <numeric>
 #include <vector>
 
 #include "elementwise.h"
@@ -48,8 +49,11 @@ void prox_per_tensor(std::vector<GroupedTensor>& tensors, at::IntArrayRef k,
 // its slice of the factors.
 void prox_shared(std::vector<GroupedTensor>& tensors, int64_t k, double strength, Workspace& ws) {
   if (std::all_of(tensors.begin(), tensors.end(),
-                  [](const GroupedTensor& t) { return is_elementwise(t.layout); }))
-    return prox_elementwise(tensors, k, strength);  // no per-group arrays
+                  [](const GroupedTensor& t) { return is_elementwise(t.layout); })) {
+    std::vector<size_t> all(tensors.size());
+    std::iota(all.begin(), all.end(), size_t{0});
+    return prox_elementwise_terms(tensors, {all}, {k}, {strength});  // no per-group arrays
+  }
   bool weighted = false;
   for (const GroupedTensor& t : tensors) weighted = weighted || t.layout.weights.defined();
   std::vector<double> sq = joint_sq_norms(tensors), d;
