@@ -425,6 +425,36 @@ def test_elements_over_hundreds_of_binades_match_the_general_search(n):
             assert torch.equal(got == 0, want == 0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", [7, 70_003])  # 70_003: vector lanes, a ragged tail, two chunks, the sample
+def test_elements_without_weights_stream_in_vector_lanes(dtype, n):
+    # float32 and float64 terms without weights take the vector loops (counts,
+    # passes, shrink); the same groups as ids take the general search
+    gen = torch.Generator().manual_seed(n)
+    x = torch.randn(n, generator=gen).to(dtype)
+    x[::5] = 0.0
+    x[1::9] = torch.round(x[1::9] * 4) / 4  # ties
+    ids = torch.arange(n)
+    for k in (1, n // 3, n - n // 5, n):
+        for lam in (1e-3, 0.7):
+            got, want = wgsef.prox(x, k, lam, "elements"), wgsef.prox(x, k, lam, ids)
+            torch.testing.assert_close(got, want, rtol=2e-6 if dtype == torch.float32 else 1e-12, atol=0)
+            assert torch.equal(got == 0, want == 0)
+            inplace = x.clone()
+            wgsef.prox_(inplace, k, lam, "elements")
+            assert torch.equal(inplace, got)
+        torch.testing.assert_close(wgsef.value(x, k, "elements"), wgsef.value(x, k, ids), rtol=1e-6, atol=0)
+    # NaN and Inf are counted in the lanes and the tail alike
+    for bad in (float("nan"), float("inf")):
+        for at in (0, n - 1):
+            y = x.clone()
+            y[at] = bad
+            got, want = wgsef.prox(y, max(1, n // 3), 0.5, "elements"), wgsef.prox(y, max(1, n // 3), 0.5, ids)
+            torch.testing.assert_close(got, want, equal_nan=True, rtol=0, atol=0)
+            v_got, v_want = wgsef.value(y, 1, "elements").item(), wgsef.value(y, 1, ids).item()
+            assert v_got == v_want or (math.isnan(v_got) and math.isnan(v_want))
+
+
 def test_float64_tensors_below_the_normal_range():
     x = torch.tensor([[1e-310, 0.0], [2e-310, 3e-310]], dtype=torch.float64)
     t = 2.0**1000  # exact: the same problem at a normal scale

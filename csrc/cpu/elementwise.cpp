@@ -8,9 +8,11 @@
 #include <array>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
+#include "element_loops.h"
 #include "wgsef/threshold.h"
 
 namespace wgsef::cpu {
@@ -29,6 +31,12 @@ struct Span {
   double c(double x, int64_t i) const { return d ? std::sqrt(d[i]) * std::abs(x) : std::abs(x); }
   double w(double lam, int64_t i) const { return d ? lam * d[i] : lam; }
 };
+
+// Whether element_loops.h streams the span: float32 or float64, no weights.
+template <typename T>
+bool has_element_loops(const Span& s) {
+  return (std::is_same_v<T, float> || std::is_same_v<T, double>) && s.d == nullptr;
+}
 
 // f(x, n) with the span's source as a typed pointer.
 template <typename F>
@@ -91,8 +99,21 @@ std::vector<Summary> summarise(const std::vector<Term>& terms, const ProcessSpre
       local += s.src.numel();
       with_source(s, [&](const auto* x, int64_t n) {
         std::vector<std::array<double, 4>> partial(static_cast<size_t>((n + kChunk - 1) / kChunk));
+        using T = std::remove_cv_t<std::remove_pointer_t<decltype(x)>>;
+        const double lam = terms[term].lam;
         at::parallel_for(0, static_cast<int64_t>(partial.size()), 1, [&](int64_t c0, int64_t c1) {
           for (int64_t c = c0; c < c1; ++c) {
+            if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
+              if (has_element_loops<T>(s)) {
+                const int64_t begin = c * kChunk;
+                const ElementCounts e =
+                    element_counts(x + begin, std::min(n, begin + kChunk) - begin);
+                // max_i (lam + 1) / |x_i| over the finite non-zero elements
+                const double most = std::isinf(e.min_abs) ? 0.0 : (lam + 1.0) / e.min_abs;
+                partial[c] = {e.nonzero, e.nan, e.inf, most};
+                continue;
+              }
+            }
             double nonzero = 0.0, nan = 0.0, inf = 0.0, most = 0.0;
             for (int64_t i = c * kChunk, end = std::min(n, (c + 1) * kChunk); i < end; ++i) {
               const double v = static_cast<double>(x[i]);
@@ -100,7 +121,7 @@ std::vector<Summary> summarise(const std::vector<Term>& terms, const ProcessSpre
               nan += std::isnan(v);
               inf += std::isinf(v);
               if (v != 0.0 && std::isfinite(v))
-                most = std::max(most, (s.w(terms[term].lam, i) + 1.0) / s.c(v, i));
+                most = std::max(most, (s.w(lam, i) + 1.0) / s.c(v, i));
             }
             partial[c] = {nonzero, nan, inf, most};
           }
@@ -132,37 +153,44 @@ std::vector<Summary> summarise(const std::vector<Term>& terms, const ProcessSpre
 }
 
 // This process's share of a pass at eta (PassSearch's seg): the saturated
-// count and the sums of c and w over the linear groups.
+// count and the sums of c and w over the linear groups. Free of branches, as
+// the comparisons' outcomes are random on real weights; without weights w is
+// lam for every group, so its sum is lam times the linear count.
 void local_segment(const Term& term, double eta, double* seg) {
+  const double lam = term.lam;
   const auto sums = chunked_sums<3>(
       term.spans, [&](const Span& s, const auto* x, int64_t begin, int64_t end, auto& acc) {
-        for (int64_t i = begin; i < end; ++i) {
-          const double c = s.c(static_cast<double>(x[i]), i), w = s.w(term.lam, i);
-          const double v = c * eta - w;
-          if (v >= 1.0) {
-            acc[0] += 1.0;
-          } else if (v > 0.0) {
-            acc[1] += c;
-            acc[2] += w;
-          }
+        using T = std::remove_cv_t<std::remove_pointer_t<decltype(x)>>;
+        if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
+          if (has_element_loops<T>(s))
+            return element_segment(x + begin, end - begin, eta, lam, acc.data());
         }
+        double saturated = 0.0, linear = 0.0, sum_c = 0.0, sum_w = 0.0;
+        for (int64_t i = begin; i < end; ++i) {
+          const double c = s.c(static_cast<double>(x[i]), i), w = s.d ? s.w(lam, i) : lam;
+          const double v = c * eta - w;
+          const bool sat = v >= 1.0;
+          const bool lin = (v > 0.0) & !sat;
+          saturated += sat;
+          linear += lin;
+          sum_c += lin ? c : 0.0;
+          sum_w += lin ? w : 0.0;
+        }
+        acc[0] += saturated;
+        acc[1] += sum_c;
+        acc[2] += s.d ? sum_w : lam * linear;
       });
   std::copy(sums.begin(), sums.end(), seg);
 }
 
-// Where a strided sample of the groups puts the root of h(eta) = target (in
-// sample units): bisection of bit patterns on the sample's own h.
-double sample_root(const std::vector<double>& c, const std::vector<double>& w, double target,
-                   double top) {
-  double lo = 0.0, hi = top;
-  for (int step = 0; step < 80; ++step) {
-    const double mid = detail::midpoint_by_bits(lo, hi);
-    if (!(mid > lo && mid < hi)) break;
-    double h = -target;
-    for (size_t j = 0; j < c.size(); ++j) h += detail::clip01(c[j] * mid - w[j]);
-    (h < 0.0 ? lo : hi) = mid;
-  }
-  return hi;
+// Where a sample of the groups puts the root of h(eta) = target (in sample
+// units, rounded to a count in [1, m)): the linear-time search of threshold.h
+// on the sample itself. c and w are copies, as the search reorders them.
+double sample_root(std::vector<double> c, std::vector<double> w, double target) {
+  const auto m = static_cast<int64_t>(c.size());
+  const int64_t count = std::clamp<int64_t>(std::llround(target), 1, m - 1);
+  std::vector<double> scratch(static_cast<size_t>(4 * m));
+  return solve_threshold(c.data(), w.data(), m, count, scratch.data());
 }
 
 constexpr int64_t kSample = 4096;
@@ -196,7 +224,7 @@ void fill_sample(const Term& term, const Summary& summary, double* slots) {
 std::array<double, 2> sample_points(const Term& term, const Summary& summary, const double* slots) {
   std::vector<double> c, w;
   for (int64_t j = 0; j < kSample; ++j) {
-    if (slots[3 * j] == 0.0) continue;
+    if (slots[3 * j] == 0.0 || !(slots[3 * j + 1] > 0.0)) continue;  // the search needs c > 0
     c.push_back(slots[3 * j + 1]);
     w.push_back(slots[3 * j + 2]);
   }
@@ -206,8 +234,8 @@ std::array<double, 2> sample_points(const Term& term, const Summary& summary, co
   std::array<double, 2> points{};
   for (int side = 0; side < 2; ++side) {
     const double target = expected + (side == 0 ? -spread : spread);
-    const bool inside = target > 0.0 && target < static_cast<double>(c.size());
-    points[side] = inside ? sample_root(c, w, target, summary.top) : std::nan("");
+    const bool inside = c.size() >= 2 && target > 0.0 && target < static_cast<double>(c.size());
+    points[side] = inside ? sample_root(c, w, target) : std::nan("");
   }
   return points;
 }
@@ -331,9 +359,24 @@ void prox_terms(const std::vector<Term>& terms, const ProcessSpread& spread = {}
     const TermCounts counts = summaries[t].t;
     const int64_t k = terms[t].k;
     const double lam = terms[t].lam, root = eta[t];
-    scale_spans(terms[t].spans, [&](const Span& s, double v, int64_t i) {
-      return prox_factor(counts, k, lam, s.c(v, i), root, s.w(lam, i));
-    });
+    for (const Span& s : terms[t].spans) {
+      const bool streamed =
+          searching[t] && s.d == nullptr &&
+          (s.src.scalar_type() == at::kFloat || s.src.scalar_type() == at::kDouble);
+      if (streamed) {
+        AT_DISPATCH_FLOATING_TYPES(s.src.scalar_type(), "element_shrink", [&] {
+          const scalar_t* x = s.src.const_data_ptr<scalar_t>();
+          scalar_t* y = s.dst.mutable_data_ptr<scalar_t>();
+          at::parallel_for(0, s.src.numel(), kChunk, [&](int64_t begin, int64_t end) {
+            element_shrink(x + begin, y + begin, end - begin, root, lam);
+          });
+        });
+        continue;
+      }
+      scale_spans({s}, [&](const Span& span, double v, int64_t i) {
+        return prox_factor(counts, k, lam, span.c(v, i), root, span.w(lam, i));
+      });
+    }
   }
 }
 
