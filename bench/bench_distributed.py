@@ -70,10 +70,11 @@ def _timed_step(opt) -> float:
     return float(elapsed)
 
 
-def _count_all_reduce(step) -> int:
-    """Payload bytes of the all-reduces one call of `step` issues: torch.distributed's
-    from Python, and c10d's functional ones that the native search by passes
-    (prox_elements_) issues through the dispatcher, from a profile (float64 payloads)."""
+def _count_all_reduce(step) -> tuple[int, int]:
+    """The number and payload bytes of the all-reduces one call of `step` issues:
+    torch.distributed's from Python, and c10d's functional ones that the native
+    search by passes (prox_elements_) issues through the dispatcher, from a profile
+    (float64 payloads)."""
     counted = []
     original = dist.all_reduce
 
@@ -88,7 +89,7 @@ def _count_all_reduce(step) -> int:
     finally:
         dist.all_reduce = original
     functional = [e for e in prof.events() if e.name == "_c10d_functional::all_reduce"]
-    return sum(counted) + sum(8 * math.prod(e.input_shapes[0]) for e in functional)
+    return len(counted) + len(functional), sum(counted) + sum(8 * math.prod(e.input_shapes[0]) for e in functional)
 
 
 def _worker(rank: int, world: int, init_file: str, repeats: int, results) -> None:
@@ -107,7 +108,7 @@ def _worker(rank: int, world: int, init_file: str, repeats: int, results) -> Non
             _sharded(shapes, mesh).parameters(), lr=0.01, momentum=0.9, foreach=True, k=0.5, lam=0.1, groups=spec
         )
         sgd.step(), prox.step()  # momentum buffers and cached terms
-        payload = _count_all_reduce(prox.step)
+        reduces, payload = _count_all_reduce(prox.step)
         times = {"sgd": [], "wgsef": []}
         for _ in range(repeats):
             times["sgd"].append(_timed_step(sgd))
@@ -122,6 +123,7 @@ def _worker(rank: int, world: int, init_file: str, repeats: int, results) -> Non
                 "sgd_ms": round(sgd_ms, 3),
                 "proxsgd_ms": round(prox_ms, 3),
                 "ratio": round(prox_ms / sgd_ms, 3),
+                "prox_all_reduces": reduces,
                 "prox_payload_bytes": payload,
                 "prox_ring_bytes_per_rank": round(2 * (world - 1) / world * payload),
                 "fsdp2_bytes_per_rank": round(3 * (world - 1) / world * 4 * params),
@@ -161,16 +163,16 @@ def main() -> None:
     args = parser.parse_args()
     rows = measure(args.world, args.repeats)
     table = [
-        f"| workload | SGD ms | ProxSGD ms | ratio | prox bytes/rank ({args.world} ranks) | at 8 ranks | "
-        "FSDP2 bytes/rank at 8 ranks | share |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| workload | SGD ms | ProxSGD ms | ratio | prox all-reduces | prox bytes/rank ({args.world} ranks) | "
+        "at 8 ranks | FSDP2 bytes/rank at 8 ranks | share |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         prox8, fsdp8 = at_world(r, 8)
         table.append(
             f"| {r['workload']} | {r['sgd_ms']:.1f} | {r['proxsgd_ms']:.1f} | {r['ratio']:.2f}x | "
-            f"{r['prox_ring_bytes_per_rank'] / 1e6:.2f} MB | {prox8 / 1e6:.2f} MB | {fsdp8 / 1e6:.0f} MB | "
-            f"{100 * prox8 / fsdp8:.2f}% |"
+            f"{r['prox_all_reduces']} | {r['prox_ring_bytes_per_rank'] / 1e6:.2f} MB | {prox8 / 1e6:.2f} MB | "
+            f"{fsdp8 / 1e6:.0f} MB | {100 * prox8 / fsdp8:.2f}% |"
         )
     print("\n".join(table))
     meta = header() | {"threads": f"1 per rank, {args.world} ranks (gloo)"}
