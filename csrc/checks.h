@@ -252,12 +252,15 @@ inline void check_writable(const char* op, const char* name, const at::Tensor& t
 // The tensors an op writes in place (named lists, all on one device) must not
 // share memory with one another: each is updated through its own pass or
 // contiguous copy, so one's result would compound or overwrite another's.
-// Address ranges decide, sorted so that only overlapping neighbours are
-// compared; interleaved strided views count as sharing, conservatively.
+// Sorted by address, only tensors whose address ranges overlap are compared,
+// as torch compares an in-place op's arguments (at::get_overlap_status): dense
+// tensors exactly; strided views that interleave (columns of one matrix) are
+// taken as disjoint unless they are the same view.
 inline void check_disjoint(const char* op,
                            std::initializer_list<std::pair<const char*, at::TensorList>> lists) {
   struct Span {
     uintptr_t begin, end;
+    const at::Tensor* t;
     const char* name;
     size_t index;
   };
@@ -270,19 +273,27 @@ inline void check_disjoint(const char* op,
       for (int64_t d = 0; d < t.dim(); ++d) last += (t.size(d) - 1) * t.stride(d);
       const auto begin = reinterpret_cast<uintptr_t>(t.const_data_ptr());
       spans.push_back(
-          {begin, begin + static_cast<uintptr_t>((last + 1) * t.element_size()), name, i});
+          {begin, begin + static_cast<uintptr_t>((last + 1) * t.element_size()), &t, name, i});
     }
   }
   std::sort(spans.begin(), spans.end(),
             [](const Span& a, const Span& b) { return a.begin < b.begin; });
-  size_t widest = 0;  // among the spans so far, the one that reaches furthest
-  for (size_t j = 1; j < spans.size(); ++j) {
-    const Span& a = spans[widest];
-    const Span& b = spans[j];
-    TORCH_CHECK_VALUE(
-        b.begin >= a.end, "wgsef.", op, ": ", a.name, "[", a.index, "] and ", b.name, "[", b.index,
-        "] share memory; every tensor the op writes in place needs memory of its own");
-    if (b.end > a.end) widest = j;
+  std::vector<const Span*> open;  // earlier spans that reach past the current one's start
+  for (const Span& b : spans) {
+    open.erase(
+        std::remove_if(open.begin(), open.end(), [&](const Span* a) { return a->end <= b.begin; }),
+        open.end());
+    for (const Span* a : open) {
+      const at::MemOverlapStatus status = at::get_overlap_status(*a->t, *b.t);
+      const bool same_view = a->t->const_data_ptr() == b.t->const_data_ptr() &&
+                             a->t->sizes() == b.t->sizes() && a->t->strides() == b.t->strides();
+      TORCH_CHECK_VALUE(
+          status != at::MemOverlapStatus::Full && status != at::MemOverlapStatus::Partial &&
+              !same_view,
+          "wgsef.", op, ": ", a->name, "[", a->index, "] and ", b.name, "[", b.index,
+          "] share memory; every tensor the op writes in place needs memory of its own");
+    }
+    open.push_back(&b);
   }
 }
 

@@ -494,6 +494,32 @@ def test_a_step_that_would_fail_changes_nothing():
         assert torch.equal(opt.state[p]["momentum_buffer"], buf)
 
 
+def test_params_that_share_memory():
+    # the same param twice would take the prox twice: refused when the optimizer is
+    # built (torch only warns), so no step half-updates it
+    p = nn.Parameter(torch.randn(4, 6, dtype=torch.float64))
+    with pytest.warns(UserWarning, match="duplicate parameters"):
+        with pytest.raises(ValueError, match=r"params\[0\] and params\[1\] share memory"):
+            wgsef.ProxSGD([p, p], lr=0.1, k=2, lam=0.5)
+    for make in (
+        lambda ps: wgsef.ProxSGD(ps, lr=0.1, momentum=0.9, k=2, lam=0.5, groups="elements"),
+        lambda ps: wgsef.ProxOptimizer(torch.optim.Adam(ps, lr=0.1), k=2, lam=0.5, groups="elements"),
+    ):
+        # column blocks of one matrix interleave in memory but share no element: they
+        # step exactly as separate params
+        w = torch.randn(6, 8, dtype=torch.float64)
+        blocks = [nn.Parameter(w[:, :4]), nn.Parameter(w[:, 4:])]
+        separate = [nn.Parameter(w[:, :4].clone()), nn.Parameter(w[:, 4:].clone())]
+        opts = [make(blocks), make(separate)]
+        for _ in range(2):
+            for ps, opt in zip((blocks, separate), opts):
+                for q in ps:
+                    q.grad = torch.ones_like(q)
+                opt.step()
+        for a, b in zip(blocks, separate):
+            assert torch.equal(a.detach(), b.detach())
+
+
 def test_sparse_gradients_in_a_group_without_budget_behave_like_sgd():
     torch.manual_seed(0)
     emb, ref_emb = nn.Embedding(10, 3, sparse=True), nn.Embedding(10, 3, sparse=True)

@@ -455,6 +455,19 @@ def test_elements_without_weights_stream_in_vector_lanes(dtype, n):
             assert v_got == v_want or (math.isnan(v_got) and math.isnan(v_want))
 
 
+def test_a_share_beyond_the_double_range_saturates():
+    # |x| * eta overflows for the largest element (values spread over 1e600): its
+    # share is 1, its factor the ridge shrink 1 / (1 + lam); the budget it leaves,
+    # k - 1, goes to the others as if it were not there
+    x = torch.tensor([1e-300, 2e-300, 1e300], dtype=torch.float64)
+    for groups in ("elements", torch.arange(3)):
+        got = wgsef.prox(x, 2, 0.5, groups)
+        assert got[2].item() == 1e300 / 1.5
+        torch.testing.assert_close(
+            got[:2], wgsef.prox(x[:2], 1, 0.5, groups[:2] if torch.is_tensor(groups) else groups)
+        )
+
+
 def test_float64_tensors_below_the_normal_range():
     x = torch.tensor([[1e-310, 0.0], [2e-310, 3e-310]], dtype=torch.float64)
     t = 2.0**1000  # exact: the same problem at a normal scale

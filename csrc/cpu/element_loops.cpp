@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <type_traits>
 
 #include "cpu_features.h"
@@ -111,6 +112,7 @@ WGSEF_ALWAYS_INLINE void shrink_lanes(const T* x, T* y, int64_t n, double eta, d
   using f64 = typename Lanes<W>::f64;
   const f64 zero{}, one = zero + 1.0, at = zero + eta, w = zero + lam;
   const f64 eps8 = zero + 8.0 * 2.220446049250313e-16;  // snapped_share's tolerance, per unit
+  const f64 inf = zero + std::numeric_limits<double>::infinity();
   int64_t i = 0;
   for (; i + W <= n; i += W) {
     const f64 v = load<W>(x + i);
@@ -118,8 +120,8 @@ WGSEF_ALWAYS_INLINE void shrink_lanes(const T* x, T* y, int64_t n, double eta, d
     const f64 t = ceta - w;
     const f64 tol = eps8 * (ceta > w ? ceta : w);
     f64 u = t <= zero ? zero : (t >= one ? one : t);
-    u = abs_lanes<W>(t) <= tol ? zero : u;
-    const f64 f = u / (u + w);
+    u = (abs_lanes<W>(t) <= tol) & (ceta != inf) ? zero : u;    // as snapped_share
+    const f64 f = abs_lanes<W>(v) > zero ? u / (u + w) : zero;  // as prox_factor: 0 * inf is NaN
     if constexpr (std::is_same_v<T, double>) {
       const f64 out = v * f;
       std::memcpy(y + i, &out, sizeof out);

@@ -114,6 +114,7 @@ class ProxTerms:
             self.weights.append(w)
             self.num_groups.append(layout.num_groups)
         self.names = names
+        _check_disjoint(params, names)
         if not isinstance(group["shared_k"], bool):
             raise TypeError(f"shared_k: expected a bool, got {group['shared_k']!r}")
         self.shared = group["shared_k"]
@@ -268,6 +269,31 @@ def _weight_tensor(w: Any, device: torch.device | None, name: str) -> Tensor | N
         return torch.as_tensor(w, dtype=torch.float64, device=device)
     except (TypeError, ValueError, RuntimeError) as err:
         raise TypeError(f"weights: expected a tensor or a sequence of floats for {name}, got {w!r}") from err
+
+
+def _check_disjoint(params: Sequence[Tensor], names: Sequence[str]) -> None:
+    """Raise, before a step changes anything, on params whose memory the in-place
+    prox ops would refuse (csrc/checks.h, check_disjoint): the same tensor or view
+    twice, or dense tensors that overlap. Interleaved strided views are separate."""
+    seen: dict[int, list[tuple[int, int, Tensor, str]]] = {}
+    for p, name in zip(params, names):
+        t = p.to_local() if distributed.is_dtensor(p) else p
+        if t.numel() == 0:
+            continue
+        # byte offsets in the storage: views of one storage may differ in dtype
+        first = t.storage_offset() * t.element_size()
+        last = first + (sum((n - 1) * s for n, s in zip(t.shape, t.stride())) + 1) * t.element_size() - 1
+        shared = seen.setdefault(t.untyped_storage().data_ptr(), [])
+        for a_first, a_last, a, a_name in shared:
+            if a_last < first or last < a_first:
+                continue
+            same_view = a_first == first and a.shape == t.shape and a.stride() == t.stride()
+            if same_view or (a.is_contiguous() and t.is_contiguous()):
+                raise ValueError(
+                    f"{a_name} and {name} share memory; the prox updates each param in place and "
+                    "needs memory of its own for every one"
+                )
+        shared.append((first, last, t, name))
 
 
 def _check_weights(w: Tensor, num_groups: int, name: str) -> Tensor:

@@ -89,6 +89,9 @@ WGSEF_HOST_DEVICE inline double clip01(double t) { return t <= 0.0 ? 0.0 : (t >=
 // leaves ~1e-17 there, which would keep a pruned group alive (docs/design.md §2.4).
 WGSEF_HOST_DEVICE inline double snapped_share(double c, double eta, double w) {
   const double ceta = c * eta;
+  // beyond the double range (|x| spread over more than ~1e308): saturated, not
+  // snapped, which an infinite tolerance would do
+  if (ceta == static_cast<double>(INFINITY)) return 1.0;
   const double t = ceta - w;
   const double tol = 8.0 * 2.220446049250313e-16 * fmax(ceta, w);  // 8 ulp of 1
   return fabs(t) <= tol ? 0.0 : clip01(t);
