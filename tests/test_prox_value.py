@@ -468,6 +468,24 @@ def test_a_share_beyond_the_double_range_saturates():
         )
 
 
+@pytest.mark.parametrize("n", [3, 20_000])  # 20_000: the sampled bracket runs
+def test_elements_near_the_subnormal_range_keep_their_budget(n):
+    # (lam + 1) / |x_i| overflows: the search rescales c by a power of two, and
+    # gives the general search's answer (which rescales its norms)
+    y = torch.tensor([3e-280, 2e-310, -1e-309], dtype=torch.float64)
+    if n > 3:
+        y = torch.randn(n, dtype=torch.float64, generator=torch.Generator().manual_seed(5)) * 1e-309
+    for k in (1, 2, n // 3):
+        for weights in (None, torch.linspace(0.5, 2.0, n, dtype=torch.float64)):
+            got = wgsef.prox(y, k, 0.5, "elements", weights)
+            want = wgsef.prox(y, k, 0.5, torch.arange(n), weights)
+            # subnormal outputs: a few of their ulps (5e-324) apart
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=3e-323)
+    if n == 3:  # the exact answer keeps 3e-280 and -1e-309, prunes 2e-310
+        got = wgsef.prox(y, 2, 0.5, "elements")
+        assert got[1].item() == 0.0 and got[0].item() > 0.0 and got[2].item() < 0.0
+
+
 def test_float64_tensors_below_the_normal_range():
     x = torch.tensor([[1e-310, 0.0], [2e-310, 3e-310]], dtype=torch.float64)
     t = 2.0**1000  # exact: the same problem at a normal scale

@@ -79,14 +79,15 @@ WGSEF_ALWAYS_INLINE ElementCounts counts_lanes(const T* x, int64_t n) {
 }
 
 template <int W, typename T>
-WGSEF_ALWAYS_INLINE void segment_lanes(const T* x, int64_t n, double eta, double lam, double* seg) {
+WGSEF_ALWAYS_INLINE void segment_lanes(const T* x, int64_t n, double eta, double lam, double scale,
+                                       double* seg) {
   using f64 = typename Lanes<W>::f64;
   using i64 = typename Lanes<W>::i64;
-  const f64 zero{}, one = zero + 1.0, at = zero + eta, w = zero + lam;
+  const f64 zero{}, one = zero + 1.0, at = zero + eta, w = zero + lam, times = zero + scale;
   f64 saturated{}, linear{}, sum_c{};
   int64_t i = 0;
   for (; i + W <= n; i += W) {
-    const f64 c = abs_lanes<W>(load<W>(x + i));
+    const f64 c = abs_lanes<W>(load<W>(x + i)) * times;
     const f64 v = c * at - w;
     const i64 sat = v >= one;
     const i64 lin = (v > zero) & ~sat;
@@ -96,7 +97,7 @@ WGSEF_ALWAYS_INLINE void segment_lanes(const T* x, int64_t n, double eta, double
   }
   double s = lane_sum<W>(saturated), l = lane_sum<W>(linear), sc = lane_sum<W>(sum_c);
   for (; i < n; ++i) {
-    const double c = std::abs(static_cast<double>(x[i])), v = c * eta - lam;
+    const double c = std::abs(static_cast<double>(x[i])) * scale, v = c * eta - lam;
     const bool sat = v >= 1.0, lin = (v > 0.0) & !sat;
     s += sat;
     l += lin;
@@ -108,15 +109,16 @@ WGSEF_ALWAYS_INLINE void segment_lanes(const T* x, int64_t n, double eta, double
 }
 
 template <int W, typename T>
-WGSEF_ALWAYS_INLINE void shrink_lanes(const T* x, T* y, int64_t n, double eta, double lam) {
+WGSEF_ALWAYS_INLINE void shrink_lanes(const T* x, T* y, int64_t n, double eta, double lam,
+                                      double scale) {
   using f64 = typename Lanes<W>::f64;
-  const f64 zero{}, one = zero + 1.0, at = zero + eta, w = zero + lam;
+  const f64 zero{}, one = zero + 1.0, at = zero + eta, w = zero + lam, times = zero + scale;
   const f64 eps8 = zero + 8.0 * 2.220446049250313e-16;  // snapped_share's tolerance, per unit
   const f64 inf = zero + std::numeric_limits<double>::infinity();
   int64_t i = 0;
   for (; i + W <= n; i += W) {
     const f64 v = load<W>(x + i);
-    const f64 ceta = abs_lanes<W>(v) * at;
+    const f64 ceta = (abs_lanes<W>(v) * times) * at;
     const f64 t = ceta - w;
     const f64 tol = eps8 * (ceta > w ? ceta : w);
     f64 u = t <= zero ? zero : (t >= one ? one : t);
@@ -133,7 +135,7 @@ WGSEF_ALWAYS_INLINE void shrink_lanes(const T* x, T* y, int64_t n, double eta, d
     }
   }
   for (; i < n; ++i) {
-    const double f = shrink_factor(std::abs(static_cast<double>(x[i])), eta, lam);
+    const double f = shrink_factor(std::abs(static_cast<double>(x[i])) * scale, eta, lam);
     y[i] = x[i] * static_cast<T>(f);
   }
 }
@@ -145,13 +147,13 @@ __attribute__((target("avx2,fma"))) ElementCounts counts_avx2(const T* x, int64_
 }
 template <typename T>
 __attribute__((target("avx2,fma"))) void segment_avx2(const T* x, int64_t n, double eta, double lam,
-                                                      double* seg) {
-  segment_lanes<4>(x, n, eta, lam, seg);
+                                                      double scale, double* seg) {
+  segment_lanes<4>(x, n, eta, lam, scale, seg);
 }
 template <typename T>
 __attribute__((target("avx2,fma"))) void shrink_avx2(const T* x, T* y, int64_t n, double eta,
-                                                     double lam) {
-  shrink_lanes<4>(x, y, n, eta, lam);
+                                                     double lam, double scale) {
+  shrink_lanes<4>(x, y, n, eta, lam, scale);
 }
 #endif
 
@@ -166,26 +168,26 @@ ElementCounts element_counts(const T* x, int64_t n) {
 }
 
 template <typename T>
-void element_segment(const T* x, int64_t n, double eta, double lam, double* seg) {
+void element_segment(const T* x, int64_t n, double eta, double lam, double scale, double* seg) {
 #ifdef WGSEF_X86_AVX2
-  if (use_avx2()) return segment_avx2(x, n, eta, lam, seg);
+  if (use_avx2()) return segment_avx2(x, n, eta, lam, scale, seg);
 #endif
-  segment_lanes<2>(x, n, eta, lam, seg);
+  segment_lanes<2>(x, n, eta, lam, scale, seg);
 }
 
 template <typename T>
-void element_shrink(const T* x, T* y, int64_t n, double eta, double lam) {
+void element_shrink(const T* x, T* y, int64_t n, double eta, double lam, double scale) {
 #ifdef WGSEF_X86_AVX2
-  if (use_avx2()) return shrink_avx2(x, y, n, eta, lam);
+  if (use_avx2()) return shrink_avx2(x, y, n, eta, lam, scale);
 #endif
-  shrink_lanes<2>(x, y, n, eta, lam);
+  shrink_lanes<2>(x, y, n, eta, lam, scale);
 }
 
 template ElementCounts element_counts<float>(const float*, int64_t);
 template ElementCounts element_counts<double>(const double*, int64_t);
-template void element_segment<float>(const float*, int64_t, double, double, double*);
-template void element_segment<double>(const double*, int64_t, double, double, double*);
-template void element_shrink<float>(const float*, float*, int64_t, double, double);
-template void element_shrink<double>(const double*, double*, int64_t, double, double);
+template void element_segment<float>(const float*, int64_t, double, double, double, double*);
+template void element_segment<double>(const double*, int64_t, double, double, double, double*);
+template void element_shrink<float>(const float*, float*, int64_t, double, double, double);
+template void element_shrink<double>(const double*, double*, int64_t, double, double, double);
 
 }  // namespace wgsef::cpu

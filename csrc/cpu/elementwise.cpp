@@ -28,7 +28,10 @@ struct Span {
   at::Tensor src, dst;
   const double* d;
   bool counted = true;
-  double c(double x, int64_t i) const { return d ? std::sqrt(d[i]) * std::abs(x) : std::abs(x); }
+  double scale = 1.0;  // a power of two on c, where the threshold would overflow (rescale)
+  double c(double x, int64_t i) const {
+    return (d ? std::sqrt(d[i]) * std::abs(x) : std::abs(x)) * scale;
+  }
   double w(double lam, int64_t i) const { return d ? lam * d[i] : lam; }
 };
 
@@ -163,7 +166,7 @@ void local_segment(const Term& term, double eta, double* seg) {
         using T = std::remove_cv_t<std::remove_pointer_t<decltype(x)>>;
         if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
           if (has_element_loops<T>(s))
-            return element_segment(x + begin, end - begin, eta, lam, acc.data());
+            return element_segment(x + begin, end - begin, eta, lam, s.scale, acc.data());
         }
         double saturated = 0.0, linear = 0.0, sum_c = 0.0, sum_w = 0.0;
         for (int64_t i = begin; i < end; ++i) {
@@ -346,13 +349,53 @@ void scale_spans(const std::vector<Span>& spans, const F& per_element) {
   }
 }
 
+// Terms whose largest breakpoint max_i (w_i + 1) / c_i overflows (float64
+// magnitudes near the subnormal range) search with c scaled by the power of two
+// that brings that bound to 2^1000: the shares c_i eta - w_i are the same, and
+// the root is in range. One pass and one reduction more, for those terms only.
+void rescale_overflowing(std::vector<Term>& terms, std::vector<Summary>& summaries,
+                         const std::vector<bool>& searching, const ProcessSpread& spread) {
+  std::vector<size_t> over;
+  for (size_t t = 0; t < terms.size(); ++t)
+    if (searching[t] && !(summaries[t].top <= std::numeric_limits<double>::max()))
+      over.push_back(t);
+  if (over.empty()) return;
+  // per term and process: an exponent bound, log2((w_i + 1) / c_i) < bound - 1
+  constexpr double kNone = -1e9;
+  const int64_t p = spread.count;
+  std::vector<double> bounds(over.size() * p, 0.0);
+  for (size_t j = 0; j < over.size(); ++j) {
+    double bound = kNone;
+    for (const Span& s : terms[over[j]].spans) {
+      if (!s.counted) continue;
+      with_source(s, [&](const auto* x, int64_t n) {
+        for (int64_t i = 0; i < n; ++i) {
+          const double v = static_cast<double>(x[i]);
+          if (v == 0.0 || !std::isfinite(v)) continue;
+          const double w = s.w(terms[over[j]].lam, i);
+          bound = std::max(bound, double(std::ilogb(w + 1.0) - std::ilogb(s.c(v, i)) + 2));
+        }
+      });
+    }
+    bounds[j * p + spread.index] = bound;
+  }
+  spread.sum(bounds.data(), static_cast<int64_t>(bounds.size()));
+  for (size_t j = 0; j < over.size(); ++j) {
+    const double bound = *std::max_element(bounds.begin() + j * p, bounds.begin() + (j + 1) * p);
+    const double scale = std::ldexp(1.0, static_cast<int>(bound) - 1000);
+    for (Span& s : terms[over[j]].spans) s.scale = scale;
+    summaries[over[j]].top = std::ldexp(1.0, 1000);
+  }
+}
+
 // The prox of every term, in place; across processes, the terms' searches
 // share their reductions.
-void prox_terms(const std::vector<Term>& terms, const ProcessSpread& spread = {}) {
-  const std::vector<Summary> summaries = summarise(terms, spread);
+void prox_terms(std::vector<Term> terms, const ProcessSpread& spread = {}) {
+  std::vector<Summary> summaries = summarise(terms, spread);
   std::vector<bool> searching(terms.size());
   for (size_t t = 0; t < terms.size(); ++t)
     searching[t] = prox_searches(summaries[t].t, terms[t].k, terms[t].lam);
+  rescale_overflowing(terms, summaries, searching, spread);
   std::vector<double> eta(terms.size(), 0.0);
   thresholds(terms, summaries, searching, spread, eta);
   for (size_t t = 0; t < terms.size(); ++t) {
@@ -368,7 +411,7 @@ void prox_terms(const std::vector<Term>& terms, const ProcessSpread& spread = {}
           const scalar_t* x = s.src.const_data_ptr<scalar_t>();
           scalar_t* y = s.dst.mutable_data_ptr<scalar_t>();
           at::parallel_for(0, s.src.numel(), kChunk, [&](int64_t begin, int64_t end) {
-            element_shrink(x + begin, y + begin, end - begin, root, lam);
+            element_shrink(x + begin, y + begin, end - begin, root, lam, s.scale);
           });
         });
         continue;
@@ -400,7 +443,7 @@ void prox_elementwise_terms(const std::vector<GroupedTensor>& tensors,
     }
     terms.push_back(std::move(term));
   }
-  prox_terms(terms, spread);
+  prox_terms(std::move(terms), spread);
 }
 
 double value_elementwise(const at::Tensor& x, const double* d, int64_t k) {
