@@ -501,6 +501,11 @@ def test_params_that_share_memory():
     with pytest.warns(UserWarning, match="duplicate parameters"):
         with pytest.raises(ValueError, match=r"params\[0\] and params\[1\] share memory"):
             wgsef.ProxSGD([p, p], lr=0.1, k=2, lam=0.5)
+    base = torch.randn(6, 6)  # dense (transposed) row blocks that overlap
+    with pytest.raises(ValueError, match=r"params\[0\] and params\[1\] share memory"):
+        wgsef.ProxSGD([nn.Parameter(base[:4].t()), nn.Parameter(base[2:].t())], lr=0.1, k=1, lam=0.5)
+    meta = [nn.Parameter(torch.empty(4, 3, device="meta")) for _ in range(2)]  # no memory to share
+    wgsef.ProxSGD(meta, lr=0.1, k=1, lam=0.5)
     for make in (
         lambda ps: wgsef.ProxSGD(ps, lr=0.1, momentum=0.9, k=2, lam=0.5, groups="elements"),
         lambda ps: wgsef.ProxOptimizer(torch.optim.Adam(ps, lr=0.1), k=2, lam=0.5, groups="elements"),

@@ -481,6 +481,9 @@ def test_elements_near_the_subnormal_range_keep_their_budget(n):
             want = wgsef.prox(y, k, 0.5, torch.arange(n), weights)
             # subnormal outputs: a few of their ulps (5e-324) apart
             torch.testing.assert_close(got, want, rtol=1e-12, atol=3e-323)
+    # lam near the top of the range: the scale stays finite (no NaN from 0 * inf)
+    x = torch.tensor([1e-310, 1e-300, 1.0, 1e300], dtype=torch.float64)
+    assert torch.equal(wgsef.prox(x, 2, 1e300, "elements"), wgsef.prox(x, 2, 1e300, torch.arange(4)))
     if n == 3:  # the exact answer keeps 3e-280 and -1e-309, prunes 2e-310
         got = wgsef.prox(y, 2, 0.5, "elements")
         assert got[1].item() == 0.0 and got[0].item() > 0.0 and got[2].item() < 0.0

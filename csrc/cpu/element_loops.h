@@ -2,7 +2,7 @@
 // weights (c_i = |x_i| times a power of two, w_i = lam; elementwise.cpp), in
 // float64 lanes: four on
 // x86-64 CPUs with AVX2 (picked at run time, cpu_features.h), two elsewhere.
-// Free of branches, as the comparisons' outcomes are random on real weights.
+// Free of branches, as the comparisons' outcomes are random on real data.
 // The lane order depends only on n and the CPU's vector width, so identical
 // runs get identical sums; the loops' arithmetic is contracted into no FMA, so
 // each element's result is that of the scalar formulas in threshold.h.
@@ -24,7 +24,7 @@ template <typename T>
 ElementCounts element_counts(const T* x, int64_t n);
 
 // A pass of the threshold search at eta (PassSearch's seg) over x[0, n),
-// lam > 0, with c_i = |x_i| * scale (scale a power of two, elementwise.cpp):
+// lam >= 0, with c_i = |x_i| * scale (scale a power of two, elementwise.cpp):
 // seg[0] += the saturated count (c_i eta - lam >= 1), seg[1] += the sum of c_i
 // over the linear ones (0 < c_i eta - lam < 1), seg[2] += lam times their count.
 template <typename T>

@@ -170,7 +170,7 @@ void local_segment(const Term& term, double eta, double* seg) {
         }
         double saturated = 0.0, linear = 0.0, sum_c = 0.0, sum_w = 0.0;
         for (int64_t i = begin; i < end; ++i) {
-          const double c = s.c(static_cast<double>(x[i]), i), w = s.d ? s.w(lam, i) : lam;
+          const double c = s.c(static_cast<double>(x[i]), i), w = s.w(lam, i);
           const double v = c * eta - w;
           const bool sat = v >= 1.0;
           const bool lin = (v > 0.0) & !sat;
@@ -372,8 +372,9 @@ void rescale_overflowing(std::vector<Term>& terms, std::vector<Summary>& summari
         for (int64_t i = 0; i < n; ++i) {
           const double v = static_cast<double>(x[i]);
           if (v == 0.0 || !std::isfinite(v)) continue;
-          const double w = s.w(terms[over[j]].lam, i);
-          bound = std::max(bound, double(std::ilogb(w + 1.0) - std::ilogb(s.c(v, i)) + 2));
+          const double c = s.c(v, i), w = s.w(terms[over[j]].lam, i);
+          if (!(c > 0.0)) continue;  // sqrt(d) |x| below the double range: no breakpoint
+          bound = std::max(bound, double(std::ilogb(w + 1.0)) - double(std::ilogb(c)) + 2.0);
         }
       });
     }
@@ -382,9 +383,11 @@ void rescale_overflowing(std::vector<Term>& terms, std::vector<Summary>& summari
   spread.sum(bounds.data(), static_cast<int64_t>(bounds.size()));
   for (size_t j = 0; j < over.size(); ++j) {
     const double bound = *std::max_element(bounds.begin() + j * p, bounds.begin() + (j + 1) * p);
-    const double scale = std::ldexp(1.0, static_cast<int>(bound) - 1000);
-    for (Span& s : terms[over[j]].spans) s.scale = scale;
-    summaries[over[j]].top = std::ldexp(1.0, 1000);
+    // a finite scale: beyond 2^1023 (lam * d above ~1e288 on subnormal x) the
+    // bound stays out of range and the root may be +inf, as without rescaling
+    const int shift = static_cast<int>(std::clamp(bound - 1000.0, 0.0, 1023.0));
+    for (Span& s : terms[over[j]].spans) s.scale = std::ldexp(1.0, shift);
+    summaries[over[j]].top = std::ldexp(1.0, static_cast<int>(std::max(bound, -2000.0)) - shift);
   }
 }
 

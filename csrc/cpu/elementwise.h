@@ -1,7 +1,7 @@
 // WGSEF terms whose groups are single elements (the "elements" group type:
 // a strided layout with outer == inner == 1). Their prox, value and gradient
 // stream x and keep no per-group arrays, so memory does not grow with the
-// number of groups; the threshold comes from solve_threshold_by_passes, each
+// number of groups; the threshold comes from PassSearch (threshold.h), each
 // pass one read of x (docs/design.md §3.4).
 #pragma once
 

@@ -271,14 +271,25 @@ def _weight_tensor(w: Any, device: torch.device | None, name: str) -> Tensor | N
         raise TypeError(f"weights: expected a tensor or a sequence of floats for {name}, got {w!r}") from err
 
 
+def _dense(t: Tensor) -> bool:
+    """Whether t's elements fill a block of memory without gaps, in any dim order."""
+    expected = 1
+    for size, stride in sorted(((n, s) for n, s in zip(t.shape, t.stride()) if n != 1), key=lambda d: d[1]):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
 def _check_disjoint(params: Sequence[Tensor], names: Sequence[str]) -> None:
     """Raise, before a step changes anything, on params whose memory the in-place
     prox ops would refuse (csrc/checks.h, check_disjoint): the same tensor or view
-    twice, or dense tensors that overlap. Interleaved strided views are separate."""
+    twice, or dense tensors that overlap. Strided views that interleave, or overlap in
+    ways torch does not classify, pass, as in the ops."""
     seen: dict[int, list[tuple[int, int, Tensor, str]]] = {}
     for p, name in zip(params, names):
         t = p.to_local() if distributed.is_dtensor(p) else p
-        if t.numel() == 0:
+        if t.numel() == 0 or t.device.type == "meta":  # meta tensors hold no memory
             continue
         # byte offsets in the storage: views of one storage may differ in dtype
         first = t.storage_offset() * t.element_size()
@@ -288,7 +299,7 @@ def _check_disjoint(params: Sequence[Tensor], names: Sequence[str]) -> None:
             if a_last < first or last < a_first:
                 continue
             same_view = a_first == first and a.shape == t.shape and a.stride() == t.stride()
-            if same_view or (a.is_contiguous() and t.is_contiguous()):
+            if same_view or (_dense(a) and _dense(t)):
                 raise ValueError(
                     f"{a_name} and {name} share memory; the prox updates each param in place and "
                     "needs memory of its own for every one"

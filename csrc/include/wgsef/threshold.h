@@ -299,8 +299,8 @@ WGSEF_HOST_DEVICE inline double midpoint_by_bits(double lo, double hi) {
 // on any input, and usually a few once the bracket is tight. Requires finite c, w and 0 < k <
 // nonzero; the bracket holds the root, h(lo) < 0 < h(hi). The CUDA search kernel runs it once per
 // block from [0, top], top the largest breakpoint max_i (w_i + 1) / c_i, where h(0) = -k and h(top)
-// = nonzero - k; the CPU runs it on terms whose groups are single elements, from a bracket found on
-// a sample (elementwise.cpp).
+// = nonzero - k; the CPU runs its state machine (PassSearch, below) on terms whose groups are
+// single elements, several in lockstep, from brackets found on samples (elementwise.cpp).
 struct Bracket {
   double lo, hi, h_lo, h_hi;
 };
