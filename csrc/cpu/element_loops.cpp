@@ -11,42 +11,35 @@
 namespace wgsef::cpu {
 namespace {
 
-template <int W>
-struct Lanes {
-  typedef double f64 __attribute__((vector_size(8 * W)));
-  typedef int64_t i64 __attribute__((vector_size(8 * W)));
-  typedef float f32 __attribute__((vector_size(4 * W)));
-};
-
 // W elements of x as float64 lanes.
 template <int W, typename T>
-WGSEF_ALWAYS_INLINE typename Lanes<W>::f64 load(const T* x) {
+WGSEF_ALWAYS_INLINE typename Vectors<W>::f64 load(const T* x) {
   if constexpr (std::is_same_v<T, double>) {
-    typename Lanes<W>::f64 v;
+    typename Vectors<W>::f64 v;
     std::memcpy(&v, x, sizeof v);
     return v;
   } else {
-    typename Lanes<W>::f32 v;
+    typename Vectors<W>::f32 v;
     std::memcpy(&v, x, sizeof v);
-    return __builtin_convertvector(v, typename Lanes<W>::f64);
+    return __builtin_convertvector(v, typename Vectors<W>::f64);
   }
 }
 
 template <int W>
-WGSEF_ALWAYS_INLINE typename Lanes<W>::f64 abs_lanes(typename Lanes<W>::f64 v) {
-  using i64 = typename Lanes<W>::i64;
-  return (typename Lanes<W>::f64)((i64)v & INT64_MAX);
+WGSEF_ALWAYS_INLINE typename Vectors<W>::f64 abs_lanes(typename Vectors<W>::f64 v) {
+  using i64 = typename Vectors<W>::i64;
+  return (typename Vectors<W>::f64)((i64)v & INT64_MAX);
 }
 
 // 1.0 where the mask is set, 0.0 elsewhere
 template <int W>
-WGSEF_ALWAYS_INLINE typename Lanes<W>::f64 ones_where(typename Lanes<W>::i64 mask) {
-  using f64 = typename Lanes<W>::f64;
-  return (f64)(mask & (typename Lanes<W>::i64)(f64{} + 1.0));
+WGSEF_ALWAYS_INLINE typename Vectors<W>::f64 ones_where(typename Vectors<W>::i64 mask) {
+  using f64 = typename Vectors<W>::f64;
+  return (f64)(mask & (typename Vectors<W>::i64)(f64{} + 1.0));
 }
 
 template <int W>
-WGSEF_ALWAYS_INLINE double lane_sum(typename Lanes<W>::f64 v) {
+WGSEF_ALWAYS_INLINE double lane_sum(typename Vectors<W>::f64 v) {
   double s = 0.0;
   for (int j = 0; j < W; ++j) s += v[j];
   return s;
@@ -54,7 +47,7 @@ WGSEF_ALWAYS_INLINE double lane_sum(typename Lanes<W>::f64 v) {
 
 template <int W, typename T>
 WGSEF_ALWAYS_INLINE ElementCounts counts_lanes(const T* x, int64_t n) {
-  using f64 = typename Lanes<W>::f64;
+  using f64 = typename Vectors<W>::f64;
   const f64 zero{}, inf = zero + std::numeric_limits<double>::infinity();
   f64 nonzero{}, nan{}, infinite{}, least = inf;
   int64_t i = 0;
@@ -81,8 +74,8 @@ WGSEF_ALWAYS_INLINE ElementCounts counts_lanes(const T* x, int64_t n) {
 template <int W, typename T>
 WGSEF_ALWAYS_INLINE void segment_lanes(const T* x, int64_t n, double eta, double lam, double scale,
                                        double* seg) {
-  using f64 = typename Lanes<W>::f64;
-  using i64 = typename Lanes<W>::i64;
+  using f64 = typename Vectors<W>::f64;
+  using i64 = typename Vectors<W>::i64;
   const f64 zero{}, one = zero + 1.0, at = zero + eta, w = zero + lam, times = zero + scale;
   f64 saturated{}, linear{}, sum_c{};
   int64_t i = 0;
@@ -111,7 +104,7 @@ WGSEF_ALWAYS_INLINE void segment_lanes(const T* x, int64_t n, double eta, double
 template <int W, typename T>
 WGSEF_ALWAYS_INLINE void shrink_lanes(const T* x, T* y, int64_t n, double eta, double lam,
                                       double scale) {
-  using f64 = typename Lanes<W>::f64;
+  using f64 = typename Vectors<W>::f64;
   const f64 zero{}, one = zero + 1.0, at = zero + eta, w = zero + lam, times = zero + scale;
   const f64 eps8 = zero + 8.0 * 2.220446049250313e-16;  // snapped_share's tolerance, per unit
   const f64 inf = zero + std::numeric_limits<double>::infinity();
@@ -128,7 +121,7 @@ WGSEF_ALWAYS_INLINE void shrink_lanes(const T* x, T* y, int64_t n, double eta, d
       const f64 out = v * f;
       std::memcpy(y + i, &out, sizeof out);
     } else {
-      typename Lanes<W>::f32 xf, ff = __builtin_convertvector(f, typename Lanes<W>::f32);
+      typename Vectors<W>::f32 xf, ff = __builtin_convertvector(f, typename Vectors<W>::f32);
       std::memcpy(&xf, x + i, sizeof xf);
       const auto out = xf * ff;
       std::memcpy(y + i, &out, sizeof out);

@@ -36,9 +36,9 @@ struct Span {
 };
 
 // Whether element_loops.h streams the span: float32 or float64, no weights.
-template <typename T>
 bool has_element_loops(const Span& s) {
-  return (std::is_same_v<T, float> || std::is_same_v<T, double>) && s.d == nullptr;
+  const at::ScalarType t = s.src.scalar_type();
+  return s.d == nullptr && (t == at::kFloat || t == at::kDouble);
 }
 
 // f(x, n) with the span's source as a typed pointer.
@@ -107,7 +107,7 @@ std::vector<Summary> summarise(const std::vector<Term>& terms, const ProcessSpre
         at::parallel_for(0, static_cast<int64_t>(partial.size()), 1, [&](int64_t c0, int64_t c1) {
           for (int64_t c = c0; c < c1; ++c) {
             if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
-              if (has_element_loops<T>(s)) {
+              if (has_element_loops(s)) {
                 const int64_t begin = c * kChunk;
                 const ElementCounts e =
                     element_counts(x + begin, std::min(n, begin + kChunk) - begin);
@@ -165,7 +165,7 @@ void local_segment(const Term& term, double eta, double* seg) {
       term.spans, [&](const Span& s, const auto* x, int64_t begin, int64_t end, auto& acc) {
         using T = std::remove_cv_t<std::remove_pointer_t<decltype(x)>>;
         if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
-          if (has_element_loops<T>(s))
+          if (has_element_loops(s))
             return element_segment(x + begin, end - begin, eta, lam, s.scale, acc.data());
         }
         double saturated = 0.0, linear = 0.0, sum_c = 0.0, sum_w = 0.0;
@@ -406,10 +406,7 @@ void prox_terms(std::vector<Term> terms, const ProcessSpread& spread = {}) {
     const int64_t k = terms[t].k;
     const double lam = terms[t].lam, root = eta[t];
     for (const Span& s : terms[t].spans) {
-      const bool streamed =
-          searching[t] && s.d == nullptr &&
-          (s.src.scalar_type() == at::kFloat || s.src.scalar_type() == at::kDouble);
-      if (streamed) {
+      if (searching[t] && has_element_loops(s)) {
         AT_DISPATCH_FLOATING_TYPES(s.src.scalar_type(), "element_shrink", [&] {
           const scalar_t* x = s.src.const_data_ptr<scalar_t>();
           scalar_t* y = s.dst.mutable_data_ptr<scalar_t>();

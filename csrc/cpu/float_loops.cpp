@@ -9,13 +9,6 @@
 namespace wgsef::cpu {
 namespace {
 
-template <int W>
-struct Vectors {
-  typedef float f32 __attribute__((vector_size(4 * W)));
-  typedef double f64 __attribute__((vector_size(8 * W)));
-  typedef int32_t i32 __attribute__((vector_size(4 * W)));
-};
-
 // Below this total, squares lost to float underflow may matter.
 constexpr double kTinySum = 0x1p-80;
 
